@@ -1,0 +1,57 @@
+# imagenet-cls: every target that needs Python depends on the idempotent install step.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CONFIG ?= config/resnet.yaml
+DATA   ?=
+CKPT   ?=
+INPUT  ?=
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo train evaluate predict test test-all lint format bench dataset clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv with the pinned dependencies (a second run does nothing)
+
+demo: $(STAMP) ## fit -> test -> predict on the embedded digits (CPU, ~2 min)
+	$(PY) -m imagenet_cls.demo run
+
+train: $(STAMP) ## fit: make train CONFIG=config/resnet.yaml DATA=/data/imagenet
+	$(PY) cli.py fit --config $(CONFIG) $(if $(DATA),--data.data_dir $(DATA)) $(ARGS)
+
+evaluate: $(STAMP) ## test a checkpoint: make evaluate CKPT=best.ckpt DATA=/data/imagenet
+	$(PY) cli.py test --ckpt_path $(CKPT) --data.data_dir $(DATA) $(ARGS)
+
+predict: $(STAMP) ## annotate images: make predict CKPT=best.ckpt INPUT=folder|file|glob|list.txt
+	$(PY) cli.py predict --ckpt_path $(CKPT) --data.mode predict --data.predict_path '$(INPUT)' $(ARGS)
+
+test: $(STAMP) ## the test suite (slow tests excluded; see test-all)
+	$(PY) -m pytest -m "not slow and not gpu" -q
+
+test-all: $(STAMP) ## every test, slow ones included
+	$(PY) -m pytest -m "not gpu" -q
+
+lint: $(STAMP) ## ruff check and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP) ## ruff fix and format
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: $(STAMP) ## benchmarks against baselines measured in the same run; writes bench/results.json
+	$(PY) -m bench.run
+
+clean: ## remove run outputs and caches (keeps .venv and dataset/)
+	rm -rf runs wandb lightning_logs .pytest_cache .ruff_cache bench/results.json bench/_work
+	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

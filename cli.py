@@ -1,0 +1,8 @@
+"""Entry point: ``python cli.py {fit,validate,test,predict} ...`` (see ``python cli.py --help``)."""
+
+import sys
+
+from imagenet_cls.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""ImageNetCLI: LightningCLI over ClassificationModel and ImageNetDataModule, with the tool's defaults and checks."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from imagenet_cls.data import ImageNetDataModule
+from imagenet_cls.errors import MissingPathError, UserError
+from imagenet_cls.model import LOGGED_METRICS, ClassificationModel
+
+log = logging.getLogger("imagenet_cls")
+
+DEFAULT_CALLBACKS = [
+    {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"monitor": "val_acc", "mode": "max", "save_top_k": 1, "save_last": True},
+    },
+    {
+        "class_path": "lightning.pytorch.callbacks.EarlyStopping",
+        "init_args": {"monitor": "val_acc", "mode": "max", "patience": 10},
+    },
+    {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
+    {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
+]
+DEFAULT_LOGGER = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "ImageNet"}}
+MIXED_PRECISIONS = {"16", "16-mixed", "bf16", "bf16-mixed", "transformer-engine", "transformer-engine-float16"}
+CHECKED_HPARAMS = ("model_name", "num_classes", "image_size")
+FIT_ONLY_CALLBACKS = ("ModelCheckpoint", "EarlyStopping", "LearningRateMonitor")
+NAMED_CKPT_PATHS = {"last", "best", "hpc", "registry"}
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Saves the resolved config as ``config.yaml`` in the run's folder (beside ``checkpoints/``), never over a file.
+
+    W&B keeps its own files in ``<save_dir>/wandb``; predict saves beside its predictions.
+    """
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        folder = run_dir(trainer, stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / self.config_filename
+        if path.exists():
+            path = folder / f"config-{time.strftime('%Y%m%d-%H%M%S')}-{stage}.yaml"
+        self.parser.save(self.config, path, skip_none=False, overwrite=False, multifile=self.multifile)
+
+
+def run_dir(trainer: Trainer, stage: str = "fit") -> Path:
+    """The run's folder: where Lightning's ModelCheckpoint puts ``checkpoints/``, or predict's output folder."""
+    if stage == "predict":
+        for callback in trainer.callbacks:
+            if hasattr(callback, "run_dir"):
+                return Path(callback.run_dir)
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    save_dir = logger.save_dir or trainer.default_root_dir
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return Path(save_dir) / str(logger.name) / version
+
+
+class ImageNetCLI(LightningCLI):
+    """``fit`` / ``validate`` / ``test`` / ``predict`` for image classifiers, configured from YAML."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            ClassificationModel,
+            ImageNetDataModule,
+            save_config_callback=RunConfigSaver,
+            save_config_kwargs={"save_to_log_dir": False},
+            seed_everything_default=42,
+            auto_configure_optimizers=False,  # the model's own configure_optimizers is the one place for that
+            parser_kwargs={"default_env": False},
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults(
+            {
+                "trainer.callbacks": DEFAULT_CALLBACKS,
+                "trainer.logger": DEFAULT_LOGGER,
+                "trainer.default_root_dir": "runs",
+            }
+        )
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            from imagenet_cls.writer import PredictionWriter
+
+            parser.add_lightning_class_args(PredictionWriter, "writer")
+        if subcommand == "fit":
+            parser.add_argument(
+                "--test_after_fit",
+                type=bool,
+                default=True,
+                help="After fit, test the best checkpoint when the data has a test split.",
+            )
+            self._subcommand_method_arguments[subcommand] = [
+                a for a in self._subcommand_method_arguments[subcommand] if a != "test_after_fit"
+            ]
+        return parser
+
+    # ---- checkpoint hyper-parameters -----------------------------------------------------------------------
+    def _parse_ckpt_path(self) -> None:
+        """Load the checkpoint's model hyper-parameters, refusing values the user set that contradict them."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if ckpt_path and ckpt_path not in NAMED_CKPT_PATHS and not Path(ckpt_path).is_file():
+            raise MissingPathError(f"--ckpt_path {ckpt_path} is not a file: give a .ckpt written by fit")
+        parser_defaults = self._parser(subcommand).get_defaults().model
+        given = {key: self.config[subcommand].model.get(key) for key in CHECKED_HPARAMS}
+        super()._parse_ckpt_path()
+        loaded = self.config[subcommand].model
+        for key, value in given.items():
+            if value != parser_defaults.get(key) and value != loaded.get(key):
+                raise UserError(
+                    f"--model.{key} {value!r} contradicts the checkpoint {ckpt_path} ({key}={loaded.get(key)!r}): "
+                    "drop the option or use a matching checkpoint"
+                )
+
+    # ---- before instantiation: resolve what depends on several sections --------------------------------------
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path:
+            config.model.pretrained = False  # weights come from the checkpoint, not from the original source
+        self._resolve_classes(config, ckpt_path)
+        if self.subcommand == "fit":
+            self._name_checkpoints(config)
+        else:
+            config.trainer.callbacks = [c for c in _as_list(config.trainer.get("callbacks")) if not _fit_only(c)]
+            warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks")
+        config.trainer.callbacks = [c for c in _as_list(config.trainer.get("callbacks")) if _fits(c, config.trainer)]
+        self._cpu_precision(config.trainer)
+        if self.subcommand == "predict":
+            config.trainer.logger = False  # predict logs nothing; no W&B run for it
+        else:
+            self._wandb_offline_without_key(config.trainer)
+
+    def _resolve_classes(self, config: Namespace, ckpt_path: str | None) -> None:
+        from imagenet_cls.backbones import check_model_name
+
+        check_model_name(config.model.model_name)
+        data = ImageNetDataModule(**{k: v for k, v in config.data.items()})
+        if data.mode == "predict":
+            return
+        classes = data.classes
+        saved = config.model.get("classes")
+        if saved and list(saved) != classes:
+            raise UserError(
+                f"--data.data_dir {data.data_dir} has {len(classes)} classes ({_preview(classes)}) but the checkpoint "
+                f"{ckpt_path or ''} was trained on {len(saved)} ({_preview(saved)}): "
+                "use the matching data or checkpoint"
+            )
+        config.model.classes = classes
+        config.model.num_classes = len(classes)
+        config.model.class_names = data.class_names(classes)
+
+    @staticmethod
+    def _name_checkpoints(config: Namespace) -> None:
+        """The seed's checkpoint names: ``<model_name>-{epoch:02d}-{val_acc:.2f}``."""
+        safe_name = re.sub(r"[^\w.-]+", "_", config.model.model_name)
+        for callback in _as_list(config.trainer.get("callbacks")):
+            if isinstance(callback, Namespace) and callback.class_path.endswith("ModelCheckpoint"):
+                init_args = callback.get("init_args") or Namespace()
+                if init_args.get("filename") is None:
+                    init_args.filename = f"{safe_name}-{{epoch:02d}}-{{val_acc:.2f}}"
+                callback.init_args = init_args
+
+    @staticmethod
+    def _cpu_precision(trainer: Namespace) -> None:
+        """On CPU a mixed-precision request falls back to 32-true (the seed's rule), with one log line."""
+        precision = trainer.get("precision")
+        if precision is None or str(precision) not in MIXED_PRECISIONS:
+            return
+        accelerator = str(trainer.get("accelerator") or "auto")
+        if accelerator == "cpu" or (accelerator == "auto" and not _cuda_available()):
+            log.info("precision %s requested on CPU: using 32-true", precision)
+            trainer.precision = "32-true"
+
+    @staticmethod
+    def _wandb_offline_without_key(trainer: Namespace) -> None:
+        """Without W&B credentials the W&B logger goes offline, with one log line, never a prompt."""
+        for logger in _as_list(trainer.get("logger")):
+            if not (isinstance(logger, Namespace) and logger.class_path.endswith("WandbLogger")):
+                continue
+            init_args = logger.get("init_args") or Namespace()
+            if init_args.get("save_dir") in (None, "."):
+                init_args.save_dir = trainer.get("default_root_dir") or "."
+            if not init_args.get("offline") and not os.environ.get("WANDB_MODE") and not _wandb_api_key_present():
+                log.info(
+                    "W&B: no API key found; logging offline under %s (upload later with `wandb sync`)",
+                    init_args.save_dir,
+                )
+                init_args.offline = True
+                os.environ.setdefault("WANDB_SILENT", "true")  # our line above says it all; no banner
+            logger.init_args = init_args
+
+    # ---- after instantiation ---------------------------------------------------------------------------------
+    def after_instantiate_classes(self) -> None:
+        if self.subcommand != "fit":
+            return
+        for callback in self.trainer.callbacks:
+            monitor = getattr(callback, "monitor", None)
+            if monitor and not monitor.startswith("lr-") and monitor not in LOGGED_METRICS:
+                raise UserError(
+                    f"{type(callback).__name__}(monitor={monitor!r}) watches a metric that is never logged: "
+                    f"use one of {', '.join(LOGGED_METRICS)}"
+                )
+
+    def after_fit(self) -> None:
+        """The seed ran ``trainer.test`` after ``fit``: test the best checkpoint when a test split exists."""
+        if not self.config.fit.get("test_after_fit", True) or self.trainer.interrupted:
+            return
+        if not self.datamodule.has_test_split:
+            log.info("no test split: skipping the test after fit")
+            return
+        checkpoint = self.trainer.checkpoint_callback
+        ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+
+    def predict(
+        self,
+        model: LightningModule,
+        datamodule: ImageNetDataModule,
+        return_predictions: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Predict without keeping every batch's output in memory, unless ``--return_predictions true``."""
+        return self.trainer.predict(model, datamodule=datamodule, return_predictions=bool(return_predictions), **kwargs)
+
+
+def _fits(callback: Any, trainer: Namespace) -> bool:
+    """Drop default callbacks that other trainer flags rule out, instead of failing on the combination."""
+    name = _named(callback)
+    if name.endswith("ProgressBar") and trainer.get("enable_progress_bar") is False:
+        return False
+    return not (name.endswith("LearningRateMonitor") and trainer.get("logger") in (False, None))
+
+
+def _fit_only(callback: Any) -> bool:
+    """Checkpointing, early stopping and LR monitoring only mean something while fitting."""
+    return _named(callback).endswith(FIT_ONLY_CALLBACKS)
+
+
+def _named(callback: Any) -> str:
+    return callback.class_path if isinstance(callback, Namespace) else type(callback).__name__
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _preview(classes: list[str]) -> str:
+    return ", ".join(list(classes)[:3]) + (", ..." if len(classes) > 3 else "")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _wandb_api_key_present() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = re.sub(r"^https?://", "", os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _drop_promotional_tips(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip")
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the CLI; a user mistake prints one ``error:`` line and returns 2 instead of a traceback."""
+    _configure_logging()
+    try:
+        ImageNetCLI(args=args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _configure_logging() -> None:
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    for handler in logging.getLogger("lightning.pytorch").handlers:
+        handler.addFilter(_drop_promotional_tips)
+    logger = logging.getLogger("imagenet_cls")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

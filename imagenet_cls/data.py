@@ -1,0 +1,167 @@
+"""ImageNetDataModule: train/val/test loaders over an ImageNet-style folder, and predict loaders over any images."""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from imagenet_cls.classes import read_class_map
+from imagenet_cls.errors import UserError
+from imagenet_cls.layout import DatasetLayout, read_layout
+
+log = logging.getLogger(__name__)
+
+
+class ImageNetDataModule(LightningDataModule):
+    """Images in class folders for fit/validate/test, or any image files for predict.
+
+    Args:
+        data_dir: Dataset folder: ``train/``, ``val/`` and optional ``test/`` with one folder per class, or one
+            folder of class folders, split per class into train/val/test by ``split``. Never modified.
+        mode: ``train`` reads ``data_dir``; ``predict`` reads ``predict_path``.
+        predict_path: Images to classify: a file, a folder (recursive), a glob pattern or a ``.txt`` list.
+        class_map: Class names file (columns folder, number, classes). Default: ``data_dir``'s
+            ``folder_num_class_map.txt`` if it exists, else ImageNet's names for WordNet-id folders, else the
+            folder names.
+        split: Train, val and test fractions for a folder of class folders (stratified, deterministic).
+        split_seed: Seed of that split.
+        batch_size: Images per batch (per device).
+        num_workers: DataLoader worker processes; default: the CPU count, at most 8.
+        pin_memory: Pin host memory for faster copies to the GPU; default: on when CUDA is available.
+        hflip: Horizontal flip probability in training.
+        crop_scale: Random-resized-crop area range in training.
+        crop_ratio: Random-resized-crop aspect-ratio range in training.
+        auto_augment: timm augmentation string, e.g. ``rand-m9-mstd0.5-inc1`` or ``trivialaugment``.
+        color_jitter: Colour jitter strength in training (off when None).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        mode: Literal["train", "predict"] = "train",
+        predict_path: str | None = None,
+        class_map: Path | None = None,
+        split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        split_seed: int = 0,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        hflip: float = 0.5,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        auto_augment: str | None = None,
+        color_jitter: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.mode = mode
+        self.predict_path = predict_path
+        self.class_map = Path(class_map) if class_map is not None else None
+        self.split = tuple(split)
+        self.split_seed = split_seed
+        self.batch_size = batch_size
+        self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.train_options = {
+            "hflip": hflip,
+            "scale": tuple(crop_scale),
+            "ratio": tuple(crop_ratio),
+            "auto_augment": auto_augment,
+            "color_jitter": color_jitter,
+        }
+        self.datasets: dict[str, Any] = {}
+        self.predict_root: Path | None = None
+
+    # ---- classes -------------------------------------------------------------------------------------------
+    @cached_property
+    def layout(self) -> DatasetLayout:
+        """The classes and per-split samples of ``data_dir`` (scanned once, on first use)."""
+        if self.data_dir is None:
+            raise UserError("--data.data_dir is not set: point it at a folder of class folders (or train/ val/)")
+        return read_layout(self.data_dir, self.split, self.split_seed)
+
+    @property
+    def classes(self) -> list[str] | None:
+        """Class folder ids in index order (sorted), or None in predict mode."""
+        return None if self.mode == "predict" else self.layout.classes
+
+    @property
+    def has_test_split(self) -> bool:
+        """Whether the data folder has test images."""
+        return self.mode == "train" and bool(self.layout.splits.get("test"))
+
+    def class_names(self, classes: list[str]) -> list[str]:
+        """Human-readable names for ``classes``: from the class map, else ImageNet's, else the folder names."""
+        names: dict[str, str] = {}
+        class_map = self.class_map
+        if class_map is None and self.data_dir is not None and (self.data_dir / "folder_num_class_map.txt").is_file():
+            class_map = self.data_dir / "folder_num_class_map.txt"
+        if class_map is not None:
+            names = read_class_map(class_map)
+        elif any(c.startswith("n") and c[1:].isdigit() and len(c) == 9 for c in classes):
+            from imagenet_cls.classes import imagenet_class_names
+
+            names = imagenet_class_names()
+        return [names.get(folder, folder) for folder in classes]
+
+    # ---- datasets ------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Build the datasets of ``stage`` with the model's own preprocessing (``model.data_config``)."""
+        from imagenet_cls.datasets import ImageFileDataset, PredictDataset, resolve_predict_paths
+        from imagenet_cls.transforms import create_eval_transform, create_train_transform
+
+        data_config = self.trainer.lightning_module.data_config
+        if stage == "predict":
+            if self.mode != "predict" or not self.predict_path:
+                raise UserError("predict needs --data.mode predict and --data.predict_path <file|folder|glob|list>")
+            paths, self.predict_root = resolve_predict_paths(self.predict_path)
+            input_size = tuple(data_config["input_size"][1:])
+            self.datasets["predict"] = PredictDataset(paths, create_eval_transform(data_config), input_size, (800, 600))
+            log.info("predict: %d images under %s", len(paths), self.predict_root)
+            return
+        if self.mode != "train":
+            raise UserError(f"{stage} needs --data.mode train (got predict) and --data.data_dir")
+        eval_transform = create_eval_transform(data_config)
+        if stage == "fit":
+            train_transform = create_train_transform(data_config, **self.train_options)
+            self.datasets["train"] = ImageFileDataset(self.layout.samples("train"), train_transform)
+            self.datasets["val"] = ImageFileDataset(self.layout.samples("val"), eval_transform)
+        elif stage == "validate":
+            self.datasets["val"] = ImageFileDataset(self.layout.samples("val"), eval_transform)
+        elif stage == "test":
+            self.datasets["test"] = ImageFileDataset(self.layout.samples("test"), eval_transform)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(
+            self.datasets["train"], shuffle=True, drop_last=len(self.datasets["train"]) > self.batch_size
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["val"])
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["test"])
+
+    def predict_dataloader(self) -> DataLoader:
+        from imagenet_cls.datasets import collate_predict
+
+        return self._loader(self.datasets["predict"], collate_fn=collate_predict)
+
+    def _loader(self, dataset, shuffle: bool = False, drop_last: bool = False, collate_fn=None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_fn,
+        )

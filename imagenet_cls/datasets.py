@@ -1,0 +1,139 @@
+"""Torch datasets over image files: labelled samples for train/val/test, and unlabelled files for predict."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from imagenet_cls.errors import MissingPathError, UserError
+from imagenet_cls.images import is_image_file, iter_image_files, load_rgb
+from imagenet_cls.layout import Sample
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+class ImageFileDataset(Dataset):
+    """Labelled images: item ``i`` is ``(image tensor, class index)``; a file that cannot be decoded is an error."""
+
+    def __init__(self, samples: list[Sample], transform: Transform) -> None:
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return self.transform(load_rgb(path)), label
+
+
+class PredictDataset(Dataset):
+    """Unlabelled images for predict.
+
+    Item ``i`` is a dict with the model input ``image``, its ``index``, the file ``path``, a ``display`` copy
+    (RGB uint8 array scaled to fit within ``display_size``, for the annotated output) and ``error`` ("" when the
+    file decoded). A file
+    that cannot be decoded yields a zero image and its error, so one bad file does not stop the run.
+    """
+
+    def __init__(
+        self, paths: list[str], transform: Transform, input_size: tuple[int, int], display_size: tuple[int, int]
+    ) -> None:
+        self.paths = paths
+        self.transform = transform
+        self.input_size = input_size
+        self.display_size = display_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.paths[index]
+        try:
+            image = load_rgb(path)
+        except UserError as error:
+            blank = torch.zeros((3, *self.input_size), dtype=torch.uint8)
+            return {"image": blank, "index": index, "path": path, "display": None, "error": str(error)}
+        return {
+            "image": self.transform(image),
+            "index": index,
+            "path": path,
+            "display": fit_within(image, self.display_size),
+            "error": "",
+        }
+
+
+def fit_within(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 (H, W, 3) copy of ``image`` scaled up or down to fit within ``size`` (W, H), aspect kept."""
+    scale = min(size[0] / image.width, size[1] / image.height)
+    target = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return np.asarray(image.resize(target, Image.Resampling.BILINEAR))
+
+
+def collate_predict(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the model inputs; keep paths, display images and errors as lists (they differ in size)."""
+    return {
+        "image": torch.stack([item["image"] for item in items]),
+        "index": [item["index"] for item in items],
+        "path": [item["path"] for item in items],
+        "display": [item["display"] for item in items],
+        "error": [item["error"] for item in items],
+    }
+
+
+def resolve_predict_paths(spec: str | Path) -> tuple[list[str], Path]:
+    """Expand ``--data.predict_path`` into image files and the root their output paths are relative to.
+
+    ``spec`` is an image file, a folder (read recursively, hidden entries skipped), a glob pattern, or a
+    ``.txt`` file listing one image path per line (relative paths are relative to the list's folder).
+    Files given explicitly (file, list) are taken whatever their content, so bad files show up as errors.
+
+    Raises:
+        UserError: nothing matches, or the list names a file that does not exist.
+    """
+    spec = str(spec)
+    path = Path(spec)
+    if path.is_dir():
+        files = [str(p) for p in iter_image_files(path)]
+    elif path.is_file() and path.suffix.lower() == ".txt":
+        files = _read_path_list(path)
+    elif path.is_file():
+        files = [spec]
+    elif glob.has_magic(spec):
+        files = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p) and is_image_file(p))
+    else:
+        raise MissingPathError(f"--data.predict_path {spec} does not exist: give an image, a folder, a glob or a list")
+    if not files:
+        raise UserError(f"--data.predict_path {spec} matches no image file ({', '.join(_EXAMPLES)})")
+    return files, _common_root(files, path if path.is_dir() else None)
+
+
+_EXAMPLES = ("img.jpg", "folder/", "'folder/**/*.jpg'", "list.txt")
+
+
+def _read_path_list(list_file: Path) -> list[str]:
+    files = []
+    for line in list_file.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        file = Path(line) if os.path.isabs(line) else list_file.parent / line
+        if not file.is_file():
+            raise MissingPathError(f"{list_file} lists {line}, which is not a file: fix or remove that line")
+        files.append(str(file))
+    return files
+
+
+def _common_root(files: list[str], folder: Path | None) -> Path:
+    if folder is not None:
+        return folder
+    parents = [os.path.dirname(os.path.abspath(f)) for f in files]
+    return Path(os.path.commonpath(parents))

@@ -1,0 +1,241 @@
+"""PredictionWriter: annotated copies of the predicted images and a CSV of the predictions, batch by batch."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from imagenet_cls.errors import UserError
+
+log = logging.getLogger(__name__)
+
+WRITABLE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes, for every predicted image, an annotated copy and a row of ``predictions.csv``.
+
+    Annotated copies mirror the input tree under ``output_dir``, fit within 800x600 and carry the predicted
+    class index, name and probability. Rows are appended per batch to a partial file per rank, which becomes
+    ``predictions.csv`` (rows in input order) only when the run completes. Nothing is kept in memory.
+
+    Args:
+        output_dir: Where to write; default ``<trainer.default_root_dir>/predictions/<date-time>``.
+        top_k: Number of top classes written to the CSV (columns ``top<i>_index/_folder/_name/_prob``).
+        draw_top_k: Number of top classes drawn on each image.
+        write_images: Write annotated images (the CSV is always written).
+        write_json: Also write ``predictions.json`` (records).
+        threshold: Below this top-1 probability the predicted name is ``unknown``.
+        show: Show each annotated image in an OpenCV window (press a key for the next); only where a display
+            exists, otherwise a warning.
+    """
+
+    def __init__(
+        self,
+        output_dir: Path | None = None,
+        top_k: int = 5,
+        draw_top_k: int = 1,
+        write_images: bool = True,
+        write_json: bool = False,
+        threshold: float = 0.0,
+        show: bool = False,
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.top_k = top_k
+        self.draw_top_k = draw_top_k
+        self.write_images = write_images
+        self.write_json = write_json
+        self.threshold = threshold
+        self.show = show
+        self._rows_file = None
+        self._csv = None
+        self._counts = {"images": 0, "errors": 0}
+        self._failed: list[str] = []
+
+    # ---- lifecycle ------------------------------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "predict":
+            return
+        output_dir = self.output_dir
+        if output_dir is None:
+            output_dir = Path(trainer.default_root_dir) / "predictions" / time.strftime("%Y%m%d-%H%M%S")
+        self.run_dir = Path(trainer.strategy.broadcast(str(output_dir)))
+        self.class_folders, self.class_names = _class_lists(pl_module, trainer)
+        if self.show and not _display_available():
+            log.warning("PredictionWriter(show=True): no display found; writing files only")
+            self.show = False
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._counts = {"images": 0, "errors": 0}
+        self._failed = []
+        self._rows_file = open(self._part_path(trainer.global_rank), "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self._csv = csv.writer(self._rows_file)
+        self._csv.writerow(["index", *self.columns()])
+
+    def columns(self) -> list[str]:
+        """The CSV columns (after the internal ``index``)."""
+        top = [f"top{i}_{field}" for i in range(1, self.top_k + 1) for field in ("index", "folder", "name", "prob")]
+        return ["path", "output", "pred_index", "pred_folder", "pred_name", "prob", *top, "error"]
+
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: torch.Tensor,
+        batch_indices: Any,
+        batch: dict[str, Any],
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        k = max(self.top_k, self.draw_top_k, 1)
+        probs, indices = prediction.float().topk(min(k, prediction.shape[-1]), dim=-1)
+        probs, indices = probs.cpu().tolist(), indices.cpu().tolist()
+        root = trainer.datamodule.predict_root
+        for i, path in enumerate(batch["path"]):
+            self._counts["images"] += 1
+            error = batch["error"][i]
+            if error:
+                self._counts["errors"] += 1
+                self._failed.append(path)
+                self._csv.writerow(
+                    [batch["index"][i], *_safe([path, "", "", "", "", ""]), *[""] * 4 * self.top_k, _safe_cell(error)]
+                )
+                continue
+            top = list(zip(indices[i], probs[i]))
+            label = self._label(*top[0])
+            output = ""
+            if self.write_images:
+                output = self._write_image(path, root, batch["display"][i], top)
+            cells = [path, output, top[0][0], self.class_folders[top[0][0]], label, f"{top[0][1]:.6f}"]
+            for rank in range(self.top_k):
+                if rank < len(top):
+                    index, prob = top[rank]
+                    cells += [index, self.class_folders[index], self.class_names[index], f"{prob:.6f}"]
+                else:
+                    cells += ["", "", "", ""]
+            self._csv.writerow([batch["index"][i], *_safe(cells), ""])
+        self._rows_file.flush()
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._rows_file.close()
+        counts = torch.tensor([self._counts["images"], self._counts["errors"]])
+        counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu().tolist()
+        trainer.strategy.barrier("predictions_written")
+        if trainer.is_global_zero:
+            csv_path = self._merge_parts(trainer.world_size)
+            images, errors = int(counts[0]), int(counts[1])
+            log.info(
+                "predict: %d images, %d failed; CSV %s%s",
+                images,
+                errors,
+                csv_path,
+                f"; annotated images under {self.run_dir}" if self.write_images else "",
+            )
+            if errors:
+                log.warning("predict: files that could not be read: %s", ", ".join(self._failed[:10]))
+            if images and errors == images:
+                raise UserError(
+                    f"predict: none of the {images} files could be read (see the error column of {csv_path})"
+                )
+        trainer.strategy.barrier("predictions_merged")
+
+    # ---- helpers --------------------------------------------------------------------------------------------
+    def _label(self, index: int, prob: float) -> str:
+        return "unknown" if prob < self.threshold else self.class_names[index]
+
+    def _write_image(self, path: str, root: Path, display, top: list[tuple[int, float]]) -> str:
+        import cv2
+
+        from imagenet_cls.annotate import annotate
+
+        index, prob = top[0]
+        lines = [f'Predicted class: "{index}", Predicted label: "{self._label(index, prob)}" ({prob:.1%})']
+        lines += [
+            f"{rank + 1}. {self.class_names[i]} ({p:.1%})" for rank, (i, p) in enumerate(top[1 : self.draw_top_k])
+        ]
+        relative = _relative_output_path(path, root)
+        target = self.run_dir / "images" / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        annotated = annotate(display, lines)
+        if not cv2.imwrite(str(target), annotated):
+            raise OSError(f"could not write {target}")
+        if self.show:
+            cv2.imshow("Predicted output", annotated)
+            cv2.waitKey(0)
+        return str(Path("images") / relative)
+
+    def _part_path(self, rank: int) -> Path:
+        return self.run_dir / f".predictions.rank{rank}.csv.partial"
+
+    def _merge_parts(self, world_size: int) -> Path:
+        import pandas as pd
+
+        parts = [self._part_path(rank) for rank in range(world_size)]
+        frame = pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False) for p in parts], ignore_index=True)
+        frame["index"] = frame["index"].astype(int)
+        frame = frame.drop_duplicates("index").sort_values("index").drop(columns="index")
+        final = self.run_dir / "predictions.csv"
+        tmp = final.with_suffix(".csv.tmp")
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, final)  # a killed run never leaves a half-written predictions.csv
+        if self.write_json:
+            frame.to_json(self.run_dir / "predictions.json", orient="records", indent=1)
+        for part in parts:
+            part.unlink()
+        return final
+
+
+def _class_lists(pl_module: LightningModule, trainer: Trainer) -> tuple[list[str], list[str]]:
+    hparams = pl_module.hparams
+    num_classes = int(hparams.get("num_classes"))
+    folders = list(hparams.get("classes") or [str(i) for i in range(num_classes)])
+    names = list(hparams.get("class_names") or folders)
+    class_map = getattr(trainer.datamodule, "class_map", None)
+    if class_map is not None:
+        from imagenet_cls.classes import read_class_map
+
+        override = read_class_map(class_map)
+        names = [override.get(folder, name) for folder, name in zip(folders, names)]
+    return folders, names
+
+
+def _relative_output_path(path: str, root: Path) -> Path:
+    """The output path of ``path`` relative to the run's image folder: mirrors the input tree, never escapes."""
+    try:
+        relative = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root)))
+    except ValueError:  # another drive on Windows
+        relative = Path(os.path.basename(path))
+    parts = [part for part in relative.parts if part not in ("..", ".", "") and not os.path.isabs(part)]
+    relative = Path(*parts) if parts else Path(os.path.basename(path))
+    if relative.suffix.lower() not in WRITABLE_EXTENSIONS:
+        relative = relative.with_name(relative.name + ".png")
+    return relative
+
+
+def _safe(cells: list[Any]) -> list[Any]:
+    return [_safe_cell(cell) for cell in cells]
+
+
+def _safe_cell(cell: Any) -> Any:
+    """Prefix text a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``) with a quote."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_PREFIXES):
+        return "'" + cell
+    return cell
+
+
+def _display_available() -> bool:
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True

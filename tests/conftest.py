@@ -1,0 +1,76 @@
+"""Shared fixtures: CPU only, offline, tiny generated images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+COLOURS = {"n00000001": (220, 40, 40), "n00000002": (40, 200, 40), "n00000003": (40, 60, 220)}
+NAMES = {"n00000001": "red", "n00000002": "green", "n00000003": "blue"}
+TINY_MODEL = ["--model.model_name", "test_resnet", "--model.image_size", "32", "--model.crop_pct", "1.0"]
+FAST_TRAINER = [
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.devices",
+    "1",
+    "--trainer.logger",
+    "false",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+def write_image(path: Path, colour, size=(24, 24), seed=0, mode="RGB", fmt=None) -> Path:
+    """A small image of ``colour`` with noise, so classes are learnable but not identical."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour) + rng.normal(0, 25, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).convert(mode).save(path, format=fmt)
+    return path
+
+
+def make_class_folders(root: Path, per_class: int = 10, classes=COLOURS) -> Path:
+    for c, (name, colour) in enumerate(classes.items()):
+        for i in range(per_class):
+            write_image(root / name / f"img_{i:03d}.jpg", colour, seed=c * 1000 + i)
+    return root
+
+
+@pytest.fixture
+def class_folders(tmp_path) -> Path:
+    """One folder of 3 class folders x 10 JPEGs (the seed's layout) plus a class map."""
+    root = make_class_folders(tmp_path / "data")
+    (root / "folder_num_class_map.txt").write_text(
+        "".join(f"{w} {i} {NAMES[w]}\n" for i, w in enumerate(sorted(COLOURS)))
+    )
+    return root
+
+
+@pytest.fixture
+def split_folders(tmp_path) -> Path:
+    """train/ val/ test/ folders, each with the 3 classes."""
+    root = tmp_path / "splits"
+    for split, count in (("train", 12), ("val", 4), ("test", 4)):
+        make_class_folders(root / split, per_class=count)
+    return root
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    os.environ.setdefault("WANDB_MODE", "disabled")

@@ -1,0 +1,253 @@
+"""The real entry point, end to end: fit -> validate -> test -> predict through cli.py, and user mistakes."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from imagenet_cls.cli import ImageNetCLI, main
+from tests.conftest import FAST_TRAINER, TINY_MODEL, make_class_folders
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, env=None, cwd=None):
+    return subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env or dict(os.environ),
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def test_fit_validate_test_predict_through_cli_py(class_folders, tmp_path):
+    """The user's path: default callbacks and W&B logger (offline without a key), then evaluate and predict."""
+    # No W&B credentials anywhere: no key variable, no mode variable, a HOME without .netrc.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"HOME": str(tmp_path)}
+    runs = tmp_path / "runs"
+    fit = run_cli(
+        "fit",
+        *TINY_MODEL,
+        "--data.data_dir",
+        str(class_folders),
+        "--data.num_workers",
+        "1",
+        "--data.batch_size",
+        "8",
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.default_root_dir",
+        str(runs),
+        "--model.optimizer",
+        "adamw",
+        "--model.lr",
+        "0.01",
+        "--trainer.accelerator",
+        "cpu",
+        env=env,
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert "W&B: no API key found; logging offline" in fit.stderr
+    assert "Traceback" not in fit.stderr
+    run_dir = next((runs / "ImageNet").iterdir())
+    best = list((run_dir / "checkpoints").glob("test_resnet-epoch=*-val_acc=*.ckpt"))
+    assert len(best) == 1 and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "config.yaml").is_file()
+    assert list((runs / "wandb").glob("offline-run-*"))
+    assert re.search(r"test_acc\s+│\s+1\.0", fit.stdout), fit.stdout[-2000:]  # the test after fit ran
+
+    checkpoint = torch.load(best[0], weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams["classes"] == ["n00000001", "n00000002", "n00000003"]
+    assert hparams["class_names"] == ["red", "green", "blue"] and hparams["num_classes"] == 3
+
+    for stage, metric in (
+        ("validate", "val_acc"),
+        ("test", "test_acc"),
+    ):  # no --config: everything comes from the checkpoint
+        result = run_cli(
+            stage,
+            "--ckpt_path",
+            str(best[0]),
+            "--data.data_dir",
+            str(class_folders),
+            "--trainer.logger",
+            "false",
+            "--data.num_workers",
+            "0",
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert re.search(rf"{metric}\s+│\s+1\.0", result.stdout), result.stdout[-2000:]
+
+    out = tmp_path / "predictions"
+    predict = run_cli(
+        "predict",
+        "--ckpt_path",
+        str(best[0]),
+        "--data.mode",
+        "predict",
+        "--data.predict_path",
+        str(class_folders),
+        "--writer.output_dir",
+        str(out),
+        "--data.num_workers",
+        "0",
+    )
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    rows = pd.read_csv(out / "predictions.csv")
+    assert len(rows) == 30 and (rows["error"].isna()).all()
+    assert (rows["pred_folder"] == rows["path"].map(lambda p: Path(p).parent.name)).mean() == 1.0
+    assert set(rows["pred_name"]) == {"red", "green", "blue"}
+    assert len(list((out / "images").rglob("*.jpg"))) == 30
+    assert (out / "config.yaml").is_file()
+
+
+def _error_of(capsys, *args) -> str:
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: ")
+    return err[-1]
+
+
+def test_user_mistakes_are_one_line_errors(class_folders, tmp_path, capsys):
+    base = ["fit", *FAST_TRAINER, *TINY_MODEL, "--trainer.fast_dev_run", "true", "--data.num_workers", "0"]
+    assert "--data.data_dir" in _error_of(capsys, *base, "--data.data_dir", str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    assert "holds no class folders" in _error_of(capsys, *base, "--data.data_dir", str(tmp_path / "empty"))
+    message = _error_of(capsys, *base, "--data.data_dir", str(class_folders), "--model.model_name", "resnet_50")
+    assert "did you mean" in message and "resnet50" in message
+    (class_folders / "n00000009").mkdir()
+    assert "n00000009 holds no image" in _error_of(capsys, *base, "--data.data_dir", str(class_folders))
+
+
+def test_monitor_that_is_never_logged(class_folders, tmp_path, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n  - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "    init_args: {monitor: val_accuracy, mode: max}\n"
+    )
+    message = _error_of(
+        capsys,
+        "fit",
+        "--config",
+        str(config),
+        *FAST_TRAINER,
+        *TINY_MODEL,
+        "--data.data_dir",
+        str(class_folders),
+        "--trainer.fast_dev_run",
+        "true",
+    )
+    assert "monitor='val_accuracy'" in message and "val_acc" in message
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = make_class_folders(root / "data", per_class=6)
+    cli = ImageNetCLI(
+        args=[
+            "fit",
+            *FAST_TRAINER,
+            *TINY_MODEL,
+            "--data.data_dir",
+            str(data),
+            "--data.num_workers",
+            "0",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.default_root_dir",
+            str(root / "runs"),
+            "--data.split",
+            "[0.5, 0.5, 0.0]",
+        ]
+    )
+    return cli, Path(cli.trainer.checkpoint_callback.best_model_path), data
+
+
+def test_checkpoint_that_does_not_match(fitted, tmp_path, capsys):
+    _, ckpt, _ = fitted
+    other = make_class_folders(tmp_path / "other", classes={"cats": (1, 1, 1), "dogs": (200, 200, 200)})
+    message = _error_of(capsys, "test", "--ckpt_path", str(ckpt), "--data.data_dir", str(other), *FAST_TRAINER)
+    assert "has 2 classes (cats, dogs)" in message and "trained on 3 (n00000001" in message
+    message = _error_of(
+        capsys,
+        "test",
+        "--ckpt_path",
+        str(ckpt),
+        "--data.data_dir",
+        str(other),
+        "--model.model_name",
+        "resnet18",
+        *FAST_TRAINER,
+    )
+    assert "--model.model_name 'resnet18' contradicts the checkpoint" in message
+    assert "is not a file" in _error_of(
+        capsys, "test", "--ckpt_path", str(tmp_path / "no.ckpt"), "--data.data_dir", str(other), *FAST_TRAINER
+    )
+
+
+def test_no_test_split_skips_the_test_after_fit(fitted):
+    cli, _, _ = fitted
+    assert "test_acc" not in cli.trainer.callback_metrics and "val_acc" in cli.trainer.callback_metrics
+
+
+def test_cpu_mixed_precision_falls_back_to_32(class_folders, caplog):
+    cli = ImageNetCLI(
+        args=[
+            "fit",
+            *FAST_TRAINER,
+            *TINY_MODEL,
+            "--data.data_dir",
+            str(class_folders),
+            "--trainer.precision",
+            "bf16-mixed",
+            "--trainer.fast_dev_run",
+            "true",
+            "--data.num_workers",
+            "0",
+        ]
+    )
+    assert cli.trainer.precision == "32-true"
+    assert "precision bf16-mixed requested on CPU: using 32-true" in caplog.text
+
+
+def test_csv_logger_and_checkpoint_naming(class_folders, tmp_path):
+    cli = ImageNetCLI(
+        args=[
+            "fit",
+            *FAST_TRAINER,
+            *TINY_MODEL,
+            "--data.data_dir",
+            str(class_folders),
+            "--trainer.logger",
+            "CSVLogger",
+            "--trainer.logger.save_dir",
+            str(tmp_path),
+            "--trainer.max_epochs",
+            "1",
+            "--data.num_workers",
+            "0",
+            "--test_after_fit",
+            "false",
+            "--trainer.log_every_n_steps",
+            "1",
+        ]
+    )
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    assert (run_dir / "metrics.csv").is_file() and (run_dir / "config.yaml").is_file()
+    names = [p.name for p in (run_dir / "checkpoints").iterdir()]
+    assert sorted(names)[0].startswith("last") and re.fullmatch(
+        r"test_resnet-epoch=00-val_acc=\d\.\d\d\.ckpt", sorted(names)[1]
+    )
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert {"train_loss_step", "train_acc", "val_loss", "val_acc", "val_acc5"} <= set(metrics.columns)
+    assert any(column.startswith("lr-SGD") for column in metrics.columns)  # LearningRateMonitor
+    assert cli.trainer.early_stopping_callback.patience == 10

@@ -1,0 +1,87 @@
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from imagenet_cls.errors import UserError
+from imagenet_cls.model import ClassificationModel
+
+
+def tiny(**kwargs) -> ClassificationModel:
+    options = {"model_name": "test_resnet", "num_classes": 3, "image_size": 32}
+    return ClassificationModel(**{**options, **kwargs})
+
+
+def test_forward_normalises_uint8_in_the_model():
+    model = tiny(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    expected = model.backbone((images.float() / 255 - 0.5) / 0.25)
+    torch.testing.assert_close(model(images), expected)
+    assert model(images).shape == (2, 3)
+
+
+def test_data_config_comes_from_the_model_and_overrides_win():
+    lite = ClassificationModel("tf_efficientnet_lite0", num_classes=10)
+    assert lite.data_config["interpolation"] == "bicubic" and lite.data_config["mean"] == (0.5, 0.5, 0.5)
+    assert lite.data_config["input_size"] == (3, 224, 224) and lite.data_config["crop_pct"] == 0.875
+    override = ClassificationModel("tf_efficientnet_lite0", num_classes=10, image_size=64, crop_pct=1.0)
+    assert override.data_config["input_size"] == (3, 64, 64) and override.data_config["crop_pct"] == 1.0
+
+
+def test_unknown_model_name_lists_close_matches():
+    with pytest.raises(UserError, match=r"'resnet5O' is not a known model: did you mean .*resnet50"):
+        tiny(model_name="resnet5O")
+    with pytest.raises(UserError, match=r"tv:resnet18"):
+        tiny(model_name="tv:resnet_18")
+
+
+def test_torchvision_models_under_prefix():
+    model = tiny(model_name="tv:resnet18").eval()
+    assert model(torch.zeros((1, 3, 32, 32), dtype=torch.uint8)).shape == (1, 3)
+    assert model.data_config["interpolation"] == "bilinear"
+
+
+def _configure(model: ClassificationModel, steps_per_epoch=10, epochs=5):
+    model.trainer = SimpleNamespace(estimated_stepping_batches=steps_per_epoch * epochs, max_epochs=epochs)
+    return model.configure_optimizers()
+
+
+def test_lr_warmup_then_cosine_per_step(monkeypatch):
+    model = tiny(lr=0.1, warmup_epochs=1, min_lr=0.001, warmup_lr_ratio=0.0)
+    monkeypatch.setattr(type(model), "trainer", None, raising=False)
+    config = _configure(model)
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(50):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.05) and lrs[10] == pytest.approx(0.1)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))  # warmup rises
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine falls
+    cosine_mid = 0.001 + (0.1 - 0.001) * 0.5 * (1 + math.cos(math.pi * 20 / 40))
+    assert lrs[30] == pytest.approx(cosine_mid)
+
+
+def test_no_weight_decay_on_norm_and_bias_and_backbone_lr_scale(monkeypatch):
+    model = tiny(lr=0.1, weight_decay=0.05, backbone_lr_scale=0.1, optimizer="adamw")
+    monkeypatch.setattr(type(model), "trainer", None, raising=False)
+    optimizer = _configure(model)["optimizer"]
+    assert type(optimizer).__name__ == "AdamW"
+    head = {id(p) for p in model.backbone.get_classifier().parameters()}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            assert group["weight_decay"] == (0.0 if param.ndim <= 1 else 0.05)
+            assert group["lr"] == pytest.approx(0.1 if id(param) in head else 0.01)
+
+
+def test_freeze_backbone_for_first_epochs(monkeypatch):
+    model = tiny(freeze_backbone_epochs=1)
+    for epoch, frozen in ((0, True), (1, False)):
+        monkeypatch.setattr(type(model), "current_epoch", property(lambda self, e=epoch: e))
+        model.on_train_epoch_start()
+        trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+        assert trainable >= {"fc.weight", "fc.bias"}
+        assert (trainable == {"fc.weight", "fc.bias"}) == frozen

@@ -1,0 +1,138 @@
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from imagenet_cls.annotate import annotate
+from imagenet_cls.cli import main
+from imagenet_cls.writer import _relative_output_path, _safe_cell
+from tests.conftest import FAST_TRAINER, TINY_MODEL, make_class_folders, write_image
+
+
+@pytest.mark.parametrize("size", [(32, 32), (600, 800), (120, 800)])
+def test_annotation_is_drawn_and_fits(size):
+    image = np.full((*size, 3), 255, dtype=np.uint8)
+    out = annotate(image, ['Predicted class: "3", Predicted label: "three" (97.0%)', "2. eight (2.0%)"])
+    assert out.shape == image.shape
+    assert (out[: max(4, size[0] // 20), : size[1] // 2] < 100).mean() > 0.3  # a dark box behind the text
+    assert (out != 255).any(axis=2).mean() < 0.5  # the picture is not covered
+
+
+def test_output_paths_mirror_the_tree_and_never_escape(tmp_path):
+    root = tmp_path / "in"
+    assert _relative_output_path(str(root / "a" / "x.jpg"), root) == Path("a/x.jpg")
+    assert _relative_output_path(str(root / "b" / "x.jpg"), root) == Path("b/x.jpg")
+    assert _relative_output_path(str(tmp_path / "elsewhere" / "y.png"), root) == Path("elsewhere/y.png")
+    assert _relative_output_path(str(root / "z.gif"), root) == Path("z.gif.png")
+
+
+def test_spreadsheet_formulas_are_defused():
+    assert _safe_cell("=cmd|' /C calc'!A0") == "'=cmd|' /C calc'!A0"
+    assert _safe_cell("@SUM(1)") == "'@SUM(1)" and _safe_cell("-2+3") == "'-2+3" and _safe_cell("cat") == "cat"
+    assert _safe_cell(3) == 3
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of a tiny model fitted 2 epochs on 3 colour classes."""
+    root = tmp_path_factory.mktemp("fit")
+    data = make_class_folders(root / "data", per_class=12)
+    code = main(
+        [
+            "fit",
+            *TINY_MODEL,
+            *FAST_TRAINER,
+            "--data.data_dir",
+            str(data),
+            "--data.num_workers",
+            "0",
+            "--data.batch_size",
+            "8",
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.default_root_dir",
+            str(root / "runs"),
+            "--model.optimizer",
+            "adamw",
+            "--model.lr",
+            "0.01",
+            "--test_after_fit",
+            "false",
+        ]
+    )
+    assert code == 0
+    return next((root / "runs" / "checkpoints").glob("test_resnet-*.ckpt"))
+
+
+def _predict(checkpoint, spec, out, *extra):
+    return main(
+        [
+            "predict",
+            "--ckpt_path",
+            str(checkpoint),
+            "--data.mode",
+            "predict",
+            "--data.predict_path",
+            str(spec),
+            "--data.num_workers",
+            "0",
+            "--writer.output_dir",
+            str(out),
+            *FAST_TRAINER,
+            *extra,
+        ]
+    )
+
+
+def test_predict_folder_with_collisions_bad_files_and_formula_names(checkpoint, tmp_path, monkeypatch):
+    inputs = tmp_path / "in"
+    write_image(inputs / "a" / "same.jpg", (220, 40, 40), size=(64, 48))
+    write_image(inputs / "b" / "same.jpg", (40, 60, 220), size=(1200, 900))
+    write_image(inputs / "=cmd.png", (40, 200, 40), fmt="PNG")
+    (inputs / "broken.jpg").write_text("this is text")
+    out = tmp_path / "out"
+    monkeypatch.chdir(inputs)  # relative input paths, so "=cmd.png" starts a CSV cell
+    assert _predict(checkpoint, ".", out, "--writer.top_k", "2", "--writer.draw_top_k", "2") == 0
+    rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    assert len(rows) == 4
+    assert list(rows.columns[:6]) == ["path", "output", "pred_index", "pred_folder", "pred_name", "prob"]
+    assert "top2_name" in rows.columns and "top3_name" not in rows.columns
+    by_name = {p.lstrip("'"): row for p, row in zip(rows["path"], rows.to_dict("records"))}
+    assert by_name["=cmd.png"]["path"].startswith("'=")  # cannot run as a spreadsheet formula
+    assert "cannot decode image" in by_name["broken.jpg"]["error"] and by_name["broken.jpg"]["output"] == ""
+    assert by_name["a/same.jpg"]["pred_folder"] == "n00000001" and by_name["b/same.jpg"]["pred_folder"] == "n00000003"
+    for key in ("a/same.jpg", "b/same.jpg", "=cmd.png"):
+        written = cv2.imread(str(out / by_name[key]["output"]))
+        assert written is not None and written.shape[1] <= 800 and written.shape[0] <= 600
+        assert written.shape[1] == 800 or written.shape[0] == 600  # scaled to fit, up or down
+    assert cv2.imread(str(out / "images" / "b" / "same.jpg")).shape[:2] == (600, 800)
+    assert not list(out.glob(".predictions*"))  # partial files are gone once predictions.csv is complete
+
+
+@pytest.mark.parametrize("kind", ["file", "glob", "list"])
+def test_predict_file_glob_and_list_inputs(checkpoint, tmp_path, kind):
+    inputs = make_class_folders(tmp_path / "in", per_class=2)
+    spec = {
+        "file": inputs / "n00000002" / "img_000.jpg",
+        "glob": f"{inputs}/*/img_001.jpg",
+        "list": tmp_path / "l.txt",
+    }[kind]
+    (tmp_path / "l.txt").write_text("in/n00000001/img_000.jpg\nin/n00000003/img_001.jpg\n")
+    out = tmp_path / "out"
+    assert _predict(checkpoint, spec, out) == 0
+    with open(out / "predictions.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    expected = {"file": 1, "glob": 3, "list": 2}[kind]
+    assert len(rows) == expected
+    assert all(row["pred_folder"] == Path(row["path"]).parent.name for row in rows)  # colours are learnt
+    assert len(list((out / "images").rglob("*.jpg"))) == expected
+
+
+def test_predict_where_every_file_fails_exits_non_zero(checkpoint, tmp_path, capsys):
+    (tmp_path / "bad.jpg").write_text("x")
+    assert _predict(checkpoint, tmp_path / "bad.jpg", tmp_path / "out") == 2
+    assert "none of the 1 files could be read" in capsys.readouterr().err
+    assert (tmp_path / "out" / "predictions.csv").is_file()
