@@ -40,6 +40,8 @@ class ImageNetDataModule(LightningDataModule):
         crop_ratio: Random-resized-crop aspect-ratio range in training.
         auto_augment: timm augmentation string, e.g. ``rand-m9-mstd0.5-inc1`` or ``trivialaugment``.
         color_jitter: Colour jitter strength in training (off when None).
+        skip_bad_images: Skip files that cannot be decoded (each logged; ``val_images``/``test_images`` count the
+            images metrics were computed over) instead of stopping with an error naming the file.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class ImageNetDataModule(LightningDataModule):
         crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
         auto_augment: str | None = None,
         color_jitter: float | None = None,
+        skip_bad_images: bool = False,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir) if data_dir is not None else None
@@ -76,6 +79,7 @@ class ImageNetDataModule(LightningDataModule):
             "auto_augment": auto_augment,
             "color_jitter": color_jitter,
         }
+        self.skip_bad_images = skip_bad_images
         self.datasets: dict[str, Any] = {}
         self.predict_root: Path | None = None
 
@@ -129,14 +133,14 @@ class ImageNetDataModule(LightningDataModule):
         if self.mode != "train":
             raise UserError(f"{stage} needs --data.mode train (got predict) and --data.data_dir")
         eval_transform = create_eval_transform(data_config)
+        skip = self.skip_bad_images
         if stage == "fit":
             train_transform = create_train_transform(data_config, **self.train_options)
-            self.datasets["train"] = ImageFileDataset(self.layout.samples("train"), train_transform)
-            self.datasets["val"] = ImageFileDataset(self.layout.samples("val"), eval_transform)
-        elif stage == "validate":
-            self.datasets["val"] = ImageFileDataset(self.layout.samples("val"), eval_transform)
+            self.datasets["train"] = ImageFileDataset(self.layout.samples("train"), train_transform, skip)
+        if stage in ("fit", "validate"):
+            self.datasets["val"] = ImageFileDataset(self.layout.samples("val"), eval_transform, skip)
         elif stage == "test":
-            self.datasets["test"] = ImageFileDataset(self.layout.samples("test"), eval_transform)
+            self.datasets["test"] = ImageFileDataset(self.layout.samples("test"), eval_transform, skip)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(
@@ -155,6 +159,10 @@ class ImageNetDataModule(LightningDataModule):
         return self._loader(self.datasets["predict"], collate_fn=collate_predict)
 
     def _loader(self, dataset, shuffle: bool = False, drop_last: bool = False, collate_fn=None) -> DataLoader:
+        if collate_fn is None and self.skip_bad_images:
+            from imagenet_cls.datasets import collate_skipping_bad
+
+            collate_fn = collate_skipping_bad
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

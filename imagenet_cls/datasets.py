@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,28 +12,50 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from imagenet_cls.errors import MissingPathError, UserError
 from imagenet_cls.images import is_image_file, iter_image_files, load_rgb
 from imagenet_cls.layout import Sample
 
+log = logging.getLogger(__name__)
+
 Transform = Callable[[Image.Image], torch.Tensor]
 
 
 class ImageFileDataset(Dataset):
-    """Labelled images: item ``i`` is ``(image tensor, class index)``; a file that cannot be decoded is an error."""
+    """Labelled images: item ``i`` is ``(image tensor, class index)``.
 
-    def __init__(self, samples: list[Sample], transform: Transform) -> None:
+    A file that cannot be decoded is an error naming it, or, with ``skip_bad``, a logged warning and ``None``
+    (dropped by :func:`collate_skipping_bad`). Another sample is never substituted.
+    """
+
+    def __init__(self, samples: list[Sample], transform: Transform, skip_bad: bool = False) -> None:
         self.samples = samples
         self.transform = transform
+        self.skip_bad = skip_bad
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
         path, label = self.samples[index]
-        return self.transform(load_rgb(path)), label
+        try:
+            image = load_rgb(path)
+        except UserError as error:
+            if not self.skip_bad:
+                raise UserError(f"{error} (set --data.skip_bad_images true to skip such files)") from None
+            log.warning("skipped: %s", error)
+            return None
+        return self.transform(image), label
+
+
+def collate_skipping_bad(items: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Default collation of the items that decoded; an all-bad batch becomes an empty batch."""
+    good = [item for item in items if item is not None]
+    if not good:
+        return torch.empty((0, 3, 1, 1), dtype=torch.uint8), torch.empty((0,), dtype=torch.long)
+    return default_collate(good)
 
 
 class PredictDataset(Dataset):

@@ -15,7 +15,18 @@ from imagenet_cls.backbones import classifier_module, create_backbone, resolve_d
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
 
 # Every metric the model logs; callbacks may only monitor these (checked by the CLI).
-LOGGED_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_acc5", "test_loss", "test_acc", "test_acc5")
+LOGGED_METRICS = (
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_acc5",
+    "val_images",
+    "test_loss",
+    "test_acc",
+    "test_acc5",
+    "test_images",
+)
 
 
 class ClassificationModel(LightningModule):
@@ -113,8 +124,10 @@ class ClassificationModel(LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.backbone(images)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         images, targets = batch
+        if not len(targets):  # every file of the batch was skipped as unreadable
+            return None
         logits = self(images)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
         self.train_acc(logits, targets)
@@ -130,6 +143,10 @@ class ClassificationModel(LightningModule):
 
     def _evaluate(self, batch, stage: str, acc: MulticlassAccuracy, acc5: MulticlassAccuracy) -> None:
         images, targets = batch
+        # The number of images metrics are computed over (fewer than the split when bad files are skipped).
+        self.log(f"{stage}_images", float(len(targets)), reduce_fx="sum", sync_dist=True, batch_size=1)
+        if not len(targets):
+            return
         logits = self(images)
         self.log(f"{stage}_loss", F.cross_entropy(logits, targets), sync_dist=True, prog_bar=True)
         acc(logits, targets)

@@ -1,0 +1,372 @@
+"""Prepare ImageNet as it is downloaded into the layout the data module reads, without touching the source.
+
+``python -m imagenet_cls.prepare SOURCE DEST`` recognises the shape of SOURCE:
+
+* ``kaggle``: ``ILSVRC/Data/CLS-LOC/{train/<wnid>/, val/}`` with ``LOC_synset_mapping.txt`` and
+  ``LOC_val_solution.csv`` (Kaggle's ImageNet Object Localization Challenge);
+* ``archives``: ``ILSVRC2012_img_train.tar`` (a tar of per-class tars), ``ILSVRC2012_img_val.tar`` and the
+  devkit's ground truth (``ILSVRC2012_devkit_t12.tar.gz``) or a ``LOC_val_solution.csv``;
+* ``class_folders``: the seed's layout, class folders named by wnid or already renamed ``<number>-<name>``,
+  with ``folder_num_class_map.txt``;
+* ``flat``: files named ``<wnid>_<anything>.<ext>`` in one folder (like the ImageNet sample images).
+
+DEST gets ``train/``, ``val/`` and (where labels exist) ``test/`` with wnid class folders, plus
+``folder_num_class_map.txt``. Files are hard links where the filesystem allows, else symbolic links, else copies
+(``--mode``); archives are extracted. A rerun skips finished files, so an interrupted run just continues.
+``python -m imagenet_cls.prepare --check DIR`` checks a prepared (or any class-folder) dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import re
+import shutil
+import sys
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from imagenet_cls.classes import imagenet_class_names, read_class_map, write_class_map
+from imagenet_cls.errors import UserError
+from imagenet_cls.images import is_hidden, is_image_file, iter_image_files
+
+Mode = Literal["auto", "link", "symlink", "copy"]
+WNID = re.compile(r"^n\d{8}$")
+KAGGLE_ROOT = Path("ILSVRC/Data/CLS-LOC")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file to place: ``source`` (a path) goes to ``DEST/<split>/<wnid>/<name>``."""
+
+    source: Path
+    split: str
+    wnid: str
+    name: str
+
+
+# ---- recognising the source ----------------------------------------------------------------------------------
+def detect_shape(source: Path) -> str:
+    """Which of ``kaggle``, ``archives``, ``class_folders``, ``flat`` SOURCE is."""
+    if not source.is_dir():
+        raise UserError(f"SOURCE {source} is not a folder: give the folder you downloaded ImageNet into")
+    if (source / KAGGLE_ROOT).is_dir() or (source / "CLS-LOC").is_dir():
+        return "kaggle"
+    if (source / "ILSVRC2012_img_train.tar").is_file() or (source / "ILSVRC2012_img_val.tar").is_file():
+        return "archives"
+    folders = [p for p in source.iterdir() if p.is_dir() and not is_hidden(p.name)]
+    if folders:
+        return "class_folders"
+    if any(_flat_wnid(p.name) for p in source.iterdir() if p.is_file()):
+        return "flat"
+    raise UserError(
+        f"SOURCE {source}: no ImageNet shape recognised (Kaggle, ILSVRC2012 tars, class folders, "
+        "or <wnid>_<name> files); see python -m imagenet_cls.prepare --help"
+    )
+
+
+def _flat_wnid(name: str) -> str | None:
+    stem = name.split("_", 1)[0]
+    return stem if WNID.match(stem) and is_image_file(name) else None
+
+
+def plan_kaggle(source: Path) -> tuple[list[Item], dict[str, str]]:
+    """Items of Kaggle's layout: train as it is, val from ``LOC_val_solution.csv`` (its test has no labels)."""
+    root = source / KAGGLE_ROOT if (source / KAGGLE_ROOT).is_dir() else source / "CLS-LOC"
+    names = _synset_mapping(source)
+    items = [
+        Item(path, "train", path.parent.name, path.name)
+        for path in iter_image_files(root / "train")
+        if WNID.match(path.parent.name)
+    ]
+    labels = _val_solution(source)
+    for path in iter_image_files(root / "val"):
+        wnid = labels.get(path.stem)
+        if wnid is None:
+            raise UserError(f"{path.name} has no label in LOC_val_solution.csv: is the CSV complete?")
+        items.append(Item(path, "val", wnid, path.name))
+    return items, names
+
+
+def plan_folders(source: Path, split: tuple[float, float, float], seed: int) -> tuple[list[Item], dict[str, str]]:
+    """Items of the seed's layout: class folders by wnid or ``<number>-<name>``, split per class."""
+    class_map_file = source / "folder_num_class_map.txt"
+    names = read_class_map(class_map_file) if class_map_file.is_file() else imagenet_class_names()
+    by_number = _numbers(class_map_file) if class_map_file.is_file() else {}
+    groups: dict[str, list[Path]] = {}
+    for folder in sorted(p for p in source.iterdir() if p.is_dir() and not is_hidden(p.name)):
+        wnid = folder.name if folder.name in names else by_number.get(re.split(r"[-_ ]", folder.name, maxsplit=1)[0])
+        if wnid is None:
+            raise UserError(f"class folder {folder} is neither a class of {class_map_file.name} nor <number>-<name>")
+        groups.setdefault(wnid, []).extend(iter_image_files(folder))
+    return _split_items(groups, split, seed), names
+
+
+def plan_flat(source: Path, split: tuple[float, float, float], seed: int) -> tuple[list[Item], dict[str, str]]:
+    """Items of a flat folder of ``<wnid>_<anything>`` files, split per class."""
+    groups: dict[str, list[Path]] = {}
+    for path in sorted(p for p in source.iterdir() if p.is_file()):
+        wnid = _flat_wnid(path.name)
+        if wnid:
+            groups.setdefault(wnid, []).append(path)
+    return _split_items(groups, split, seed), imagenet_class_names()
+
+
+def _split_items(groups: dict[str, list[Path]], split: tuple[float, float, float], seed: int) -> list[Item]:
+    items = []
+    for wnid, paths in sorted(groups.items()):
+        paths = sorted(paths)
+        random.Random(f"{seed}-{wnid}").shuffle(paths)
+        n_val, n_test = round(len(paths) * split[1]), round(len(paths) * split[2])
+        if split[0] > 0 and n_val + n_test >= len(paths):
+            n_val, n_test = min(n_val, len(paths) - 1), max(0, min(n_test, len(paths) - 1 - n_val))
+        for index, path in enumerate(paths):
+            part = "val" if index < n_val else "test" if index < n_val + n_test else "train"
+            items.append(Item(path, part, wnid, path.name))
+    return items
+
+
+def _synset_mapping(source: Path) -> dict[str, str]:
+    path = source / "LOC_synset_mapping.txt"
+    if not path.is_file():
+        return imagenet_class_names()
+    names = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            wnid, _, description = line.partition(" ")
+            names[wnid] = "_".join(description.split(",")[0].split())
+    return names
+
+
+def _val_solution(source: Path) -> dict[str, str]:
+    path = source / "LOC_val_solution.csv"
+    if not path.is_file():
+        raise UserError(f"{path} is missing: Kaggle's val images need it for their labels")
+    with open(path, newline="", encoding="utf-8") as file:
+        return {row["ImageId"]: row["PredictionString"].split()[0] for row in csv.DictReader(file)}
+
+
+def _numbers(class_map_file: Path) -> dict[str, str]:
+    lines = class_map_file.read_text(encoding="utf-8").splitlines()
+    return {fields[1]: fields[0] for fields in (line.split() for line in lines) if len(fields) >= 3}
+
+
+# ---- placing files -------------------------------------------------------------------------------------------
+def place(items: list[Item], dest: Path, mode: Mode = "auto", progress: bool = True) -> dict[str, int]:
+    """Link or copy every item into DEST; files already there (same size) are skipped. Returns counts."""
+    counts = {"placed": 0, "skipped": 0}
+    chosen = mode
+    for item in _progress(items, "preparing", progress):
+        target = dest / item.split / item.wnid / item.name
+        if target.exists() and target.stat().st_size == item.source.stat().st_size:
+            counts["skipped"] += 1
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        chosen = _place_one(item.source, target, chosen)
+        counts["placed"] += 1
+    counts["mode"] = chosen
+    return counts
+
+
+def _place_one(source: Path, target: Path, mode: Mode) -> Mode:
+    """Place one file; in ``auto`` mode fall back link -> symlink -> copy and remember what worked."""
+    partial = target.with_name(target.name + ".partial")
+    if partial.exists() or partial.is_symlink():
+        partial.unlink()
+    order = {"auto": ["link", "symlink", "copy"], "link": ["link"], "symlink": ["symlink"], "copy": ["copy"]}[mode]
+    for way in order:
+        try:
+            if way == "link":
+                os.link(source, partial)
+            elif way == "symlink":
+                os.symlink(os.path.abspath(source), partial)
+            else:
+                shutil.copy2(source, partial)
+            os.replace(partial, target)  # atomic: a target is either complete or absent
+            return way if mode == "auto" else mode
+        except OSError:
+            if way == order[-1]:
+                raise
+    return mode
+
+
+def extract_archives(source: Path, dest: Path, progress: bool = True) -> tuple[int, dict[str, str]]:
+    """Extract ILSVRC2012's train tar (a tar of per-class tars) and val tar into DEST; returns files written."""
+    written = 0
+    train_tar = source / "ILSVRC2012_img_train.tar"
+    if train_tar.is_file():
+        with tarfile.open(train_tar) as outer:
+            for member in _progress(outer.getmembers(), "train classes", progress):
+                wnid = Path(member.name).stem
+                if not member.isfile() or not WNID.match(wnid):
+                    continue
+                done_marker = dest / "train" / wnid / ".complete"
+                if done_marker.exists():
+                    continue
+                with tarfile.open(fileobj=outer.extractfile(member)) as inner:
+                    written += _extract_images(inner, dest / "train" / wnid, lambda name: True)
+                done_marker.write_text("ok\n")
+    val_tar = source / "ILSVRC2012_img_val.tar"
+    if val_tar.is_file():
+        labels = _archive_val_labels(source)
+        with tarfile.open(val_tar) as tar:
+            for member in _progress(tar.getmembers(), "val images", progress):
+                name = Path(member.name).name
+                wnid = labels.get(Path(name).stem)
+                if member.isfile() and wnid:
+                    written += _extract_images(tar, dest / "val" / wnid, lambda n, m=member.name: n == m)
+    return written, imagenet_class_names()
+
+
+def _extract_images(tar: tarfile.TarFile, folder: Path, wanted) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for member in tar.getmembers():
+        name = Path(member.name).name  # flatten: never write outside the class folder
+        if not member.isfile() or not wanted(member.name) or not is_image_file(name):
+            continue
+        target = folder / name
+        if target.exists() and target.stat().st_size == member.size:
+            continue
+        partial = target.with_name(name + ".partial")
+        with tar.extractfile(member) as data, open(partial, "wb") as out:
+            shutil.copyfileobj(data, out)
+        os.replace(partial, target)
+        count += 1
+    return count
+
+
+def _archive_val_labels(source: Path) -> dict[str, str]:
+    """ILSVRC2012 val labels: ``LOC_val_solution.csv`` if present, else the devkit's ground truth."""
+    if (source / "LOC_val_solution.csv").is_file():
+        return _val_solution(source)
+    devkit = source / "ILSVRC2012_devkit_t12.tar.gz"
+    if not devkit.is_file():
+        raise UserError(f"{source}: ILSVRC2012_img_val.tar needs ILSVRC2012_devkit_t12.tar.gz or LOC_val_solution.csv")
+    import io
+
+    from scipy.io import loadmat
+
+    with tarfile.open(devkit) as tar:
+        meta = tar.extractfile("ILSVRC2012_devkit_t12/data/meta.mat").read()
+        truth = tar.extractfile("ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt").read()
+    synsets = loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
+    id_to_wnid = {int(s[0]): str(s[1]) for s in synsets if int(s[4]) == 0}  # leaf classes: num_children == 0
+    labels = [id_to_wnid[int(v)] for v in truth.decode().split()]
+    return {f"ILSVRC2012_val_{i:08d}": wnid for i, wnid in enumerate(labels, start=1)}
+
+
+# ---- the command ---------------------------------------------------------------------------------------------
+def prepare(
+    source: Path,
+    dest: Path,
+    mode: Mode = "auto",
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Prepare SOURCE into DEST (see the module doc); returns what was done."""
+    source, dest = Path(source), Path(dest)
+    if dest.resolve() == source.resolve() or dest.resolve().is_relative_to(source.resolve()):
+        raise UserError(f"DEST {dest} is inside SOURCE {source}: choose a folder outside the source")
+    shape = detect_shape(source)
+    print(f"source {source}: {shape} layout", file=sys.stderr)
+    if shape == "archives":
+        written, names = extract_archives(source, dest, progress)
+        counts = {"placed": written, "mode": "extracted"}
+    else:
+        planner = {"kaggle": plan_kaggle, "class_folders": plan_folders, "flat": plan_flat}[shape]
+        items, names = planner(source) if shape == "kaggle" else planner(source, split, seed)
+        counts = place(items, dest, mode, progress)
+    classes = sorted(
+        {p.name for s in ("train", "val", "test") if (dest / s).is_dir() for p in (dest / s).iterdir() if p.is_dir()}
+    )
+    write_class_map(dest / "folder_num_class_map.txt", classes, names)
+    return {"shape": shape, "classes": len(classes), **counts}
+
+
+def _progress(items, description: str, enabled: bool) -> Iterator:
+    if not enabled:
+        return iter(items)
+    from tqdm import tqdm
+
+    return iter(tqdm(items, desc=description, unit="file", mininterval=1.0))
+
+
+def _parse_split(text: str) -> tuple[float, float, float]:
+    if text in ("train", "val", "test"):
+        return tuple(1.0 if s == text else 0.0 for s in ("train", "val", "test"))
+    parts = tuple(float(x) for x in text.split(","))
+    if len(parts) != 3 or abs(sum(parts) - 1) > 1e-6 or min(parts) < 0:
+        raise argparse.ArgumentTypeError("--split takes train,val,test fractions summing to 1, or train|val|test")
+    return parts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of ``python -m imagenet_cls.prepare``."""
+    from imagenet_cls.check import check_dataset, fix_files, format_summary
+
+    parser = argparse.ArgumentParser(
+        prog="python -m imagenet_cls.prepare",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    parser.add_argument("source", type=Path, nargs="?", help="the downloaded dataset (never modified)")
+    parser.add_argument("dest", type=Path, nargs="?", help="the folder to write")
+    parser.add_argument(
+        "--mode",
+        choices=["auto", "link", "symlink", "copy"],
+        default="auto",
+        help="how files are placed (auto: hard link, else symlink, else copy)",
+    )
+    parser.add_argument(
+        "--split",
+        type=_parse_split,
+        default=(0.8, 0.1, 0.1),
+        help="train,val,test fractions for class-folder and flat sources, or one of train|val|test "
+        "to put everything there (default 0.8,0.1,0.1)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the per-class split")
+    parser.add_argument("--check", type=Path, metavar="DIR", help="only check DIR and write DIR/check_report.csv")
+    parser.add_argument("--full", action="store_true", help="decode every image while checking (slower)")
+    parser.add_argument(
+        "--fix",
+        type=Path,
+        metavar="OUT",
+        help="with --check: re-encode CMYK and misnamed images as RGB into OUT (never in place)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        if args.check:
+            if not args.check.is_dir():
+                raise UserError(f"--check {args.check} is not a folder")
+            summary = check_dataset(args.check, args.check / "check_report.csv", args.full, not args.no_progress)
+            print(format_summary(summary))
+            if args.fix:
+                fixed = fix_files(summary["problem_files"], args.check, args.fix)
+                print(f"fixed {len(fixed)} files into {args.fix}")
+            return 0
+        if args.source is None or args.dest is None:
+            parser.error("give SOURCE and DEST, or --check DIR")
+        done = prepare(args.source, args.dest, args.mode, args.split, args.seed, not args.no_progress)
+        print(
+            f"prepared {done['classes']} classes into {args.dest} ({done['shape']}; {done.get('placed', 0)} placed, "
+            f"{done.get('skipped', 0)} already there, mode {done['mode']})"
+        )
+        summary = check_dataset(args.dest, args.dest / "check_report.csv", full=False, progress=False)
+        print(format_summary(summary))
+        return 0
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
