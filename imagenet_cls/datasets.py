@@ -96,9 +96,12 @@ class PredictDataset(Dataset):
 
 def fit_within(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     """RGB uint8 (H, W, 3) copy of ``image`` scaled up or down to fit within ``size`` (W, H), aspect kept."""
+    import cv2
+
     scale = min(size[0] / image.width, size[1] / image.height)
     target = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return np.asarray(image.resize(target, Image.Resampling.BILINEAR))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR  # OpenCV: ~10x faster than PIL here
+    return cv2.resize(np.asarray(image), target, interpolation=interpolation)
 
 
 def collate_predict(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import heapq
+import json
 import logging
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,7 @@ class PredictionWriter(BasePredictionWriter):
         self._csv = None
         self._counts = {"images": 0, "errors": 0}
         self._failed: list[str] = []
+        self.seconds = 0.0
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -78,11 +82,14 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._started = time.perf_counter()
         self._counts = {"images": 0, "errors": 0}
         self._failed = []
         self._rows_file = open(self._part_path(trainer.global_rank), "w", newline="", encoding="utf-8")  # noqa: SIM115
         self._csv = csv.writer(self._rows_file)
         self._csv.writerow(["index", *self.columns()])
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="annotate")
+        self._pending: list[Future] = []
 
     def columns(self) -> list[str]:
         """The CSV columns (after the internal ``index``)."""
@@ -127,9 +134,13 @@ class PredictionWriter(BasePredictionWriter):
                     cells += ["", "", "", ""]
             self._csv.writerow([batch["index"][i], *_safe(cells), ""])
         self._rows_file.flush()
+        self._wait_for_images(keep=len(batch["path"]))  # at most about one batch in flight
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._wait_for_images()
+        self._encoder.shutdown()
         self._rows_file.close()
+        self.seconds = time.perf_counter() - self._started
         counts = torch.tensor([self._counts["images"], self._counts["errors"]])
         counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu().tolist()
         trainer.strategy.barrier("predictions_written")
@@ -137,8 +148,10 @@ class PredictionWriter(BasePredictionWriter):
             csv_path = self._merge_parts(trainer.world_size)
             images, errors = int(counts[0]), int(counts[1])
             log.info(
-                "predict: %d images, %d failed; CSV %s%s",
+                "predict: %d images in %.1f s (%.1f img/s), %d failed; CSV %s%s",
                 images,
+                self.seconds,
+                images / max(self.seconds, 1e-9),
                 errors,
                 csv_path,
                 f"; annotated images under {self.run_dir}" if self.write_images else "",
@@ -158,40 +171,64 @@ class PredictionWriter(BasePredictionWriter):
     def _write_image(self, path: str, root: Path, display, top: list[tuple[int, float]]) -> str:
         import cv2
 
-        from imagenet_cls.annotate import annotate
-
         index, prob = top[0]
         lines = [f'Predicted class: "{index}", Predicted label: "{self._label(index, prob)}" ({prob:.1%})']
         lines += [
-            f"{rank + 1}. {self.class_names[i]} ({p:.1%})" for rank, (i, p) in enumerate(top[1 : self.draw_top_k])
+            f"{rank}. {self.class_names[i]} ({p:.1%})" for rank, (i, p) in enumerate(top[1 : self.draw_top_k], start=2)
         ]
         relative = _relative_output_path(path, root)
         target = self.run_dir / "images" / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        annotated = annotate(display, lines)
-        if not cv2.imwrite(str(target), annotated):
-            raise OSError(f"could not write {target}")
-        if self.show:
+        if self.show:  # GUI calls stay on the main thread
+            annotated = _draw_and_save(display, lines, target)
             cv2.imshow("Predicted output", annotated)
             cv2.waitKey(0)
+        else:  # encoding overlaps the next batch's forward pass (OpenCV releases the GIL)
+            self._pending.append(self._encoder.submit(_draw_and_save, display, lines, target))
         return str(Path("images") / relative)
+
+    def _wait_for_images(self, keep: int = 0) -> None:
+        """Wait until at most ``keep`` images are still being encoded (bounds memory); re-raise write errors."""
+        while len(self._pending) > keep:
+            self._pending.pop(0).result()
 
     def _part_path(self, rank: int) -> Path:
         return self.run_dir / f".predictions.rank{rank}.csv.partial"
 
     def _merge_parts(self, world_size: int) -> Path:
-        import pandas as pd
-
+        """Stream the per-rank parts (each in index order) into one CSV in input order: constant memory."""
         parts = [self._part_path(rank) for rank in range(world_size)]
-        frame = pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False) for p in parts], ignore_index=True)
-        frame["index"] = frame["index"].astype(int)
-        frame = frame.drop_duplicates("index").sort_values("index").drop(columns="index")
+        files = [open(p, newline="", encoding="utf-8") for p in parts]  # noqa: SIM115 - closed below
         final = self.run_dir / "predictions.csv"
         tmp = final.with_suffix(".csv.tmp")
-        frame.to_csv(tmp, index=False)
+        json_out = open(self.run_dir / "predictions.json.tmp", "w", encoding="utf-8") if self.write_json else None  # noqa: SIM115
+        try:
+            readers = [csv.reader(f) for f in files]
+            header = [next(r) for r in readers][0][1:]
+            rows = heapq.merge(*readers, key=lambda row: int(row[0]))
+            with open(tmp, "w", newline="", encoding="utf-8") as out:
+                writer = csv.writer(out)
+                writer.writerow(header)
+                previous = None
+                for row in rows:
+                    if row[0] == previous:  # a sample a distributed sampler repeated
+                        continue
+                    previous = row[0]
+                    writer.writerow(row[1:])
+                    if json_out is not None:
+                        json_out.write(
+                            ("[\n" if json_out.tell() == 0 else ",\n") + json.dumps(dict(zip(header, row[1:])))
+                        )
+            if json_out is not None:
+                json_out.write("[\n]\n" if json_out.tell() == 0 else "\n]\n")
+        finally:
+            for f in files:
+                f.close()
+            if json_out is not None:
+                json_out.close()
         os.replace(tmp, final)  # a killed run never leaves a half-written predictions.csv
-        if self.write_json:
-            frame.to_json(self.run_dir / "predictions.json", orient="records", indent=1)
+        if json_out is not None:
+            os.replace(self.run_dir / "predictions.json.tmp", self.run_dir / "predictions.json")
         for part in parts:
             part.unlink()
         return final
@@ -209,6 +246,17 @@ def _class_lists(pl_module: LightningModule, trainer: Trainer) -> tuple[list[str
         override = read_class_map(class_map)
         names = [override.get(folder, name) for folder, name in zip(folders, names)]
     return folders, names
+
+
+def _draw_and_save(display, lines: list[str], target: Path):
+    import cv2
+
+    from imagenet_cls.annotate import annotate
+
+    annotated = annotate(display, lines)
+    if not cv2.imwrite(str(target), annotated):
+        raise OSError(f"could not write {target}")
+    return annotated
 
 
 def _relative_output_path(path: str, root: Path) -> Path:

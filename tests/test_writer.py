@@ -136,3 +136,58 @@ def test_predict_where_every_file_fails_exits_non_zero(checkpoint, tmp_path, cap
     assert _predict(checkpoint, tmp_path / "bad.jpg", tmp_path / "out") == 2
     assert "none of the 1 files could be read" in capsys.readouterr().err
     assert (tmp_path / "out" / "predictions.csv").is_file()
+
+
+def test_json_and_threshold(checkpoint, tmp_path):
+    inputs = make_class_folders(tmp_path / "in", per_class=2)
+    out = tmp_path / "out"
+    assert _predict(checkpoint, inputs, out, "--writer.write_json", "true", "--writer.threshold", "1.01") == 0
+    rows = pd.read_csv(out / "predictions.csv", dtype=str)
+    records = pd.read_json(out / "predictions.json", dtype=str)
+    assert len(records) == len(rows) == 6
+    assert (rows["pred_name"] == "unknown").all()  # no probability reaches the threshold
+    assert list(records["path"]) == list(rows["path"])
+
+
+def test_ddp_predict_on_cpu_merges_the_ranks_parts(checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    inputs = make_class_folders(tmp_path / "in", per_class=5)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parents[1] / "cli.py"),
+            "predict",
+            "--ckpt_path",
+            str(checkpoint),
+            "--data.mode",
+            "predict",
+            "--data.predict_path",
+            str(inputs),
+            "--data.num_workers",
+            "0",
+            "--data.batch_size",
+            "2",
+            "--writer.output_dir",
+            str(out),
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.devices",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = pd.read_csv(out / "predictions.csv")
+    expected = sorted(str(p) for p in inputs.rglob("*.jpg"))
+    assert list(rows["path"]) == expected  # every image once, in input order, from both ranks
+    assert (rows["pred_folder"] == rows["path"].map(lambda p: Path(p).parent.name)).all()
+    assert not list(out.glob(".predictions*"))

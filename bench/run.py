@@ -1,0 +1,31 @@
+"""``make bench``: run every benchmark, print the table, write bench/results.json."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+
+from bench.common import REPO, WORK, format_table, machine, sample_dir, write_results
+
+BENCHMARKS = ["bench.startup", "bench.predict", "bench.pretrained"]
+NEEDS_SAMPLE = {"bench.predict", "bench.pretrained"}
+
+
+def main() -> int:
+    WORK.mkdir(parents=True, exist_ok=True)
+    results = []
+    started = time.perf_counter()
+    for name in sys.argv[1:] or BENCHMARKS:
+        if name in NEEDS_SAMPLE and sample_dir() is None:
+            print(f"skipping {name}: ../shared/data/imagenet-sample is absent", file=sys.stderr)
+            continue
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results += importlib.import_module(name).run()
+    write_results(results, REPO / "bench" / "results.json")
+    print(f"\n{machine()}, {time.perf_counter() - started:.0f} s\n{format_table(results)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
