@@ -158,6 +158,10 @@ class ImageNetCLI(LightningCLI):
         check_model_name(config.model.model_name)
         data = ImageNetDataModule(**{k: v for k, v in config.data.items()})
         if data.mode == "predict":
+            if not config.model.get("classes"):  # no checkpoint: e.g. pretrained ImageNet weights
+                classes = data.classes_without_data(config.model.num_classes)
+                if classes:
+                    config.model.classes, config.model.class_names = classes, data.class_names(classes)
             return
         classes = data.classes
         saved = config.model.get("classes")

@@ -101,6 +101,17 @@ class ImageNetDataModule(LightningDataModule):
         """Whether the data folder has test images."""
         return self.mode == "train" and bool(self.layout.splits.get("test"))
 
+    def classes_without_data(self, num_classes: int) -> list[str] | None:
+        """Class folders when there is no data folder: the class map's (sorted), or ImageNet's for 1000 classes."""
+        if self.class_map is not None:
+            folders = sorted(read_class_map(self.class_map))
+            return folders if len(folders) == num_classes else None
+        if num_classes == 1000:
+            from imagenet_cls.classes import imagenet_class_names
+
+            return sorted(imagenet_class_names())
+        return None
+
     def class_names(self, classes: list[str]) -> list[str]:
         """Human-readable names for ``classes``: from the class map, else ImageNet's, else the folder names."""
         names: dict[str, str] = {}

@@ -58,3 +58,11 @@ def test_loader_defaults(class_folders, workers):
     assert data.pin_memory is False  # no CUDA here
     loader = data._loader(list(range(4)))
     assert loader.persistent_workers == (workers > 0)
+
+
+def test_classes_without_data_for_pretrained_predict(tmp_path):
+    assert ImageNetDataModule(mode="predict").classes_without_data(1000)[:2] == ["n01440764", "n01443537"]
+    assert ImageNetDataModule(mode="predict").classes_without_data(10) is None
+    mapping = tmp_path / "map.txt"
+    mapping.write_text("b 1 bee\na 0 ant\n")
+    assert ImageNetDataModule(mode="predict", class_map=mapping).classes_without_data(2) == ["a", "b"]

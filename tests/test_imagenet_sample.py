@@ -1,0 +1,69 @@
+"""Integration on the 1000 real ImageNet images of ../shared/data/imagenet-sample (skipped when absent).
+
+Slow (minutes on 2 cores): run with ``make test-all``.
+"""
+
+import shutil
+from pathlib import Path
+
+import cv2
+import pandas as pd
+import pytest
+
+from bench.common import sample_dir
+from imagenet_cls.cli import ImageNetCLI, main
+from imagenet_cls.prepare import main as prepare_main
+
+SAMPLE = sample_dir()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(SAMPLE is None, reason="../shared/data/imagenet-sample is absent")]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("sample") / "imagenet"
+    assert prepare_main([str(SAMPLE), str(dest), "--split", "val", "--no-progress"]) == 0
+    return dest
+
+
+def test_prepared_sample_is_a_1000_class_layout(prepared):
+    assert len([p for p in (prepared / "val").iterdir() if p.is_dir()]) == 1000
+    assert len((prepared / "folder_num_class_map.txt").read_text().splitlines()) == 1000
+    report = pd.read_csv(prepared / "check_report.csv")
+    assert (report["problem"] == "grayscale").sum() == 23  # the sample has 23 grayscale JPEGs
+
+
+def test_validate_pretrained_lite0_agrees_with_timm(prepared):
+    from bench.pretrained import timm_top1
+
+    cli = ImageNetCLI(args=["validate", "--config", "config/efficientnet_lite0.yaml", "--data.data_dir",
+                            str(prepared), "--trainer.enable_progress_bar", "false"])
+    ours = float(cli.trainer.callback_metrics["val_acc"])
+    theirs, count = timm_top1(prepared / "val")
+    assert count == 1000
+    assert abs(ours - theirs) <= 0.002, (ours, theirs)
+    assert ours > 0.85
+
+
+def test_predict_sample_plus_bad_files(prepared, tmp_path):
+    inputs = tmp_path / "in"
+    shutil.copytree(SAMPLE, inputs, copy_function=lambda s, d: Path(d).symlink_to(Path(s).resolve()))
+    first = sorted(SAMPLE.glob("*.JPEG"))[0].read_bytes()
+    (inputs / "truncated.JPEG").write_bytes(first[: len(first) // 3])
+    (inputs / "text.jpg").write_text("I am not a JPEG")
+    out = tmp_path / "out"
+    code = main(["predict", "--config", "config/efficientnet_lite0.yaml", "--data.mode", "predict",
+                 "--data.predict_path", str(inputs), "--writer.output_dir", str(out),
+                 "--trainer.enable_progress_bar", "false"])
+    assert code == 0
+    rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    assert len(rows) == 1002 and (rows["error"] != "").sum() == 2
+    assert set(rows.loc[rows["error"] != "", "path"].map(lambda p: Path(p).name)) == {"truncated.JPEG", "text.jpg"}
+    good = rows[rows["error"] == ""]
+    truth = good["path"].map(lambda p: Path(p).name.split("_")[0])
+    accuracy = (good["pred_folder"] == truth).mean()
+    assert accuracy >= 0.70, accuracy
+    images = list((out / "images").rglob("*"))
+    assert len([p for p in images if p.is_file()]) == 1000
+    for path in images[::50]:
+        image = cv2.imread(str(path))
+        assert image is not None and image.shape[1] <= 800 and image.shape[0] <= 600
