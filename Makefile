@@ -7,10 +7,12 @@ CONFIG ?= config/resnet.yaml
 DATA   ?=
 CKPT   ?=
 INPUT  ?=
+SRC    ?=
+DEST   ?=
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train evaluate predict test test-all lint format bench dataset clean
+.PHONY: help install demo train evaluate predict dataset test test-all lint format bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +36,9 @@ evaluate: $(STAMP) ## test a checkpoint: make evaluate CKPT=best.ckpt DATA=/data
 
 predict: $(STAMP) ## annotate images: make predict CKPT=best.ckpt INPUT=folder|file|glob|list.txt
 	$(PY) cli.py predict --ckpt_path $(CKPT) --data.mode predict --data.predict_path '$(INPUT)' $(ARGS)
+
+dataset: $(STAMP) ## prepare a download without touching it: make dataset SRC=~/Downloads/imagenet DEST=dataset/imagenet
+	$(PY) -m imagenet_cls.prepare $(SRC) $(DEST) $(ARGS)
 
 test: $(STAMP) ## the test suite (slow tests excluded; see test-all)
 	$(PY) -m pytest -m "not slow and not gpu" -q

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import glob
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -18,16 +17,14 @@ from imagenet_cls.errors import MissingPathError, UserError
 from imagenet_cls.images import is_image_file, iter_image_files, load_rgb
 from imagenet_cls.layout import Sample
 
-log = logging.getLogger(__name__)
-
 Transform = Callable[[Image.Image], torch.Tensor]
 
 
 class ImageFileDataset(Dataset):
     """Labelled images: item ``i`` is ``(image tensor, class index)``.
 
-    A file that cannot be decoded is an error naming it, or, with ``skip_bad``, a logged warning and ``None``
-    (dropped by :func:`collate_skipping_bad`). Another sample is never substituted.
+    A file that cannot be decoded is an error naming it, or, with ``skip_bad``, a :class:`BadSample` that
+    :func:`collate_skipping_bad` drops and reports. Another sample is never substituted.
     """
 
     def __init__(self, samples: list[Sample], transform: Transform, skip_bad: bool = False) -> None:
@@ -38,24 +35,32 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | BadSample:
         path, label = self.samples[index]
         try:
             image = load_rgb(path)
         except UserError as error:
             if not self.skip_bad:
                 raise UserError(f"{error} (set --data.skip_bad_images true to skip such files)") from None
-            log.warning("skipped: %s", error)
-            return None
+            return BadSample(path, str(error))
         return self.transform(image), label
 
 
-def collate_skipping_bad(items: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Default collation of the items that decoded; an all-bad batch becomes an empty batch."""
-    good = [item for item in items if item is not None]
+class BadSample(NamedTuple):
+    """A file skipped because it could not be decoded."""
+
+    path: str
+    error: str
+
+
+def collate_skipping_bad(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``(images, targets, skipped paths)`` of a batch; an all-bad batch has empty images and targets."""
+    good = [item for item in items if not isinstance(item, BadSample)]
+    skipped = [item.path for item in items if isinstance(item, BadSample)]
     if not good:
-        return torch.empty((0, 3, 1, 1), dtype=torch.uint8), torch.empty((0,), dtype=torch.long)
-    return default_collate(good)
+        return torch.empty((0, 3, 1, 1), dtype=torch.uint8), torch.empty((0,), dtype=torch.long), skipped
+    images, targets = default_collate(good)
+    return images, targets, skipped
 
 
 class PredictDataset(Dataset):

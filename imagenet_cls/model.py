@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Literal
 
@@ -11,6 +12,8 @@ from lightning.pytorch import LightningModule
 from torchmetrics.classification import MulticlassAccuracy
 
 from imagenet_cls.backbones import classifier_module, create_backbone, resolve_data_config
+
+log = logging.getLogger(__name__)
 
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
 
@@ -60,6 +63,7 @@ class ClassificationModel(LightningModule):
         channels_last: Run the network in channels-last memory format (faster on recent GPUs and CPUs).
         freeze_backbone_epochs: Train only the classifier for this many epochs (-1: always).
         backbone_lr_scale: Learning rate of everything but the classifier, as a fraction of ``lr``.
+        tta_hflip: In predict, average the probabilities of each image and its mirror image.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class ClassificationModel(LightningModule):
         channels_last: bool = False,
         freeze_backbone_epochs: int = 0,
         backbone_lr_scale: float = 1.0,
+        tta_hflip: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -111,6 +116,7 @@ class ClassificationModel(LightningModule):
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self._skipped: list[str] = []
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 in 0-255 -> float32 normalised with the model's mean and std."""
@@ -125,7 +131,7 @@ class ClassificationModel(LightningModule):
         return self.backbone(images)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        images, targets = batch
+        images, targets = self._take_good(batch)
         if not len(targets):  # every file of the batch was skipped as unreadable
             return None
         logits = self(images)
@@ -142,7 +148,7 @@ class ClassificationModel(LightningModule):
         self._evaluate(batch, "test", self.test_acc, self.test_acc5)
 
     def _evaluate(self, batch, stage: str, acc: MulticlassAccuracy, acc5: MulticlassAccuracy) -> None:
-        images, targets = batch
+        images, targets = self._take_good(batch)
         # The number of images metrics are computed over (fewer than the split when bad files are skipped).
         self.log(f"{stage}_images", float(len(targets)), reduce_fx="sum", sync_dist=True, batch_size=1)
         if not len(targets):
@@ -154,9 +160,34 @@ class ClassificationModel(LightningModule):
         self.log(f"{stage}_acc", acc, prog_bar=True)
         self.log(f"{stage}_acc5", acc5)
 
+    def _take_good(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and targets of a batch; paths of files skipped as unreadable (``skip_bad_images``) are kept."""
+        if len(batch) == 3:
+            self._skipped.extend(batch[2])
+            return batch[0], batch[1]
+        return batch
+
+    def _report_skipped(self, stage: str) -> None:
+        if self._skipped:
+            log.warning("%s: skipped %d unreadable files: %s", stage, len(self._skipped), ", ".join(self._skipped))
+            self._skipped = []
+
+    def on_train_epoch_end(self) -> None:
+        self._report_skipped("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._report_skipped("validation")
+
+    def on_test_epoch_end(self) -> None:
+        self._report_skipped("test")
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Class probabilities (B, num_classes), float32."""
-        return self(batch["image"]).float().softmax(dim=-1)
+        images = batch["image"]
+        probs = self(images).float().softmax(dim=-1)
+        if self.hparams.tta_hflip:
+            probs = (probs + self(images.flip(-1)).float().softmax(dim=-1)) / 2
+        return probs
 
     def on_train_epoch_start(self) -> None:
         freeze = self.hparams.freeze_backbone_epochs

@@ -33,7 +33,7 @@ def test_skip_bad_images_counts_what_metrics_cover(split_folders, caplog):
     Image.new("RGB", (8, 8)).save(split_folders / "val" / "n00000003" / "a_png.jpg", format="PNG")  # fine: sniffed
     cli = ImageNetCLI(args=_validate(split_folders, "--data.skip_bad_images", "true"))
     assert cli.trainer.callback_metrics["val_images"] == 13  # 12 + the PNG; the broken file is not counted
-    assert "skipped: cannot decode image" in caplog.text and "broken.jpg" in caplog.text
+    assert "validation: skipped 1 unreadable files: " in caplog.text and "broken.jpg" in caplog.text
 
 
 def test_class_names_come_from_map_then_imagenet_then_folders(class_folders, tmp_path):

@@ -35,8 +35,17 @@ def test_prepared_sample_is_a_1000_class_layout(prepared):
 def test_validate_pretrained_lite0_agrees_with_timm(prepared):
     from bench.pretrained import timm_top1
 
-    cli = ImageNetCLI(args=["validate", "--config", "config/efficientnet_lite0.yaml", "--data.data_dir",
-                            str(prepared), "--trainer.enable_progress_bar", "false"])
+    cli = ImageNetCLI(
+        args=[
+            "validate",
+            "--config",
+            "config/efficientnet_lite0.yaml",
+            "--data.data_dir",
+            str(prepared),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     ours = float(cli.trainer.callback_metrics["val_acc"])
     theirs, count = timm_top1(prepared / "val")
     assert count == 1000
@@ -51,9 +60,21 @@ def test_predict_sample_plus_bad_files(prepared, tmp_path):
     (inputs / "truncated.JPEG").write_bytes(first[: len(first) // 3])
     (inputs / "text.jpg").write_text("I am not a JPEG")
     out = tmp_path / "out"
-    code = main(["predict", "--config", "config/efficientnet_lite0.yaml", "--data.mode", "predict",
-                 "--data.predict_path", str(inputs), "--writer.output_dir", str(out),
-                 "--trainer.enable_progress_bar", "false"])
+    code = main(
+        [
+            "predict",
+            "--config",
+            "config/efficientnet_lite0.yaml",
+            "--data.mode",
+            "predict",
+            "--data.predict_path",
+            str(inputs),
+            "--writer.output_dir",
+            str(out),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     assert code == 0
     rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
     assert len(rows) == 1002 and (rows["error"] != "").sum() == 2

@@ -85,3 +85,13 @@ def test_freeze_backbone_for_first_epochs(monkeypatch):
         trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
         assert trainable >= {"fc.weight", "fc.bias"}
         assert (trainable == {"fc.weight", "fc.bias"}) == frozen
+
+
+def test_hflip_test_time_augmentation_averages_the_mirror():
+    model = tiny(tta_hflip=True).eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = (model(images).softmax(-1) + model(images.flip(-1)).softmax(-1)) / 2
+        torch.testing.assert_close(model.predict_step({"image": images}, 0), expected)
+        model.hparams.tta_hflip = False
+        torch.testing.assert_close(model.predict_step({"image": images}, 0), model(images).softmax(-1))

@@ -191,3 +191,16 @@ def test_ddp_predict_on_cpu_merges_the_ranks_parts(checkpoint, tmp_path):
     assert list(rows["path"]) == expected  # every image once, in input order, from both ranks
     assert (rows["pred_folder"] == rows["path"].map(lambda p: Path(p).parent.name)).all()
     assert not list(out.glob(".predictions*"))
+
+
+def test_show_without_display_warns_and_class_map_overrides_names(checkpoint, tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    inputs = make_class_folders(tmp_path / "in", per_class=1)
+    names = tmp_path / "names.txt"
+    names.write_text("n00000001 0 crimson\nn00000002 1 emerald\nn00000003 2 azure\n")
+    out = tmp_path / "out"
+    assert _predict(checkpoint, inputs, out, "--writer.show", "true", "--data.class_map", str(names)) == 0
+    assert "no display found; writing files only" in caplog.text
+    rows = pd.read_csv(out / "predictions.csv")
+    assert set(rows["pred_name"]) == {"crimson", "emerald", "azure"}
