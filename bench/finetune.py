@@ -14,7 +14,7 @@ def _test_acc(*extra: str) -> float:
         args=[
             "fit",
             "--config",
-            "config/finetune_digits.yaml",
+            str(REPO / "config" / "finetune_digits.yaml"),
             "--trainer.logger",
             "false",
             "--trainer.enable_progress_bar",

@@ -6,9 +6,9 @@ import json
 import os
 from pathlib import Path
 
-from bench.common import WORK, Result, run_python, sample_dir
+from bench.common import REPO, WORK, Result, run_python, sample_dir
 
-LITE0 = ["--config", "config/efficientnet_lite0.yaml"]
+LITE0 = ["--config", str(REPO / "config" / "efficientnet_lite0.yaml")]
 
 
 def linked_copies(count: int) -> Path:

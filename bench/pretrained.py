@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.common import WORK, Result, sample_as_val_folders, timed
+from bench.common import REPO, WORK, Result, sample_as_val_folders, timed
 
 
 def timm_top1(data_dir: Path, batch_size: int = 64, workers: int = 2) -> tuple[float, int]:
@@ -37,7 +37,7 @@ def our_top1(data_dir: Path) -> float:
         args=[
             "validate",
             "--config",
-            "config/efficientnet_lite0.yaml",
+            str(REPO / "config" / "efficientnet_lite0.yaml"),
             "--data.data_dir",
             str(data_dir),
             "--data.num_workers",

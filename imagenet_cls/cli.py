@@ -79,6 +79,8 @@ class ImageNetCLI(LightningCLI):
             ImageNetDataModule,
             save_config_callback=RunConfigSaver,
             save_config_kwargs={"save_to_log_dir": False},
+            # Checkpoints keep plain hyper-parameters: no class or function path that loading would import and call.
+            load_from_checkpoint_support=False,
             seed_everything_default=42,
             auto_configure_optimizers=False,  # the model's own configure_optimizers is the one place for that
             parser_kwargs={"default_env": False},
@@ -115,16 +117,33 @@ class ImageNetCLI(LightningCLI):
 
     # ---- checkpoint hyper-parameters -----------------------------------------------------------------------
     def _parse_ckpt_path(self) -> None:
-        """Load the checkpoint's model hyper-parameters, refusing values the user set that contradict them."""
+        """Load the checkpoint's model hyper-parameters safely, refusing values the user set that contradict them.
+
+        ``--ckpt_path last`` is resolved here to the newest ``last*.ckpt`` under ``trainer.default_root_dir``
+        (an error when there is none) and the logger continues that run's folder.
+        """
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
-        ckpt_path = self.config[subcommand].get("ckpt_path")
-        if ckpt_path and ckpt_path not in NAMED_CKPT_PATHS and not Path(ckpt_path).is_file():
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            ckpt_path = config.ckpt_path = str(_find_last_checkpoint(Path(config.trainer.default_root_dir or ".")))
+            _continue_run(config.trainer, Path(ckpt_path))
+        if not ckpt_path or ckpt_path in NAMED_CKPT_PATHS:
+            return
+        if not Path(ckpt_path).is_file():
             raise MissingPathError(f"--ckpt_path {ckpt_path} is not a file: give a .ckpt written by fit")
+        hparams = dict(
+            _load_checkpoint(Path(ckpt_path), trusted=config.get("weights_only") is False).get("hyper_parameters", {})
+        )
+        hparams.pop("_instantiator", None)
+        hparams.pop("_class_path", None)
+        if not hparams:
+            return
         parser_defaults = self._parser(subcommand).get_defaults().model
-        given = {key: self.config[subcommand].model.get(key) for key in CHECKED_HPARAMS}
-        super()._parse_ckpt_path()
+        given = {key: config.model.get(key) for key in CHECKED_HPARAMS}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         loaded = self.config[subcommand].model
         for key, value in given.items():
             if value != parser_defaults.get(key) and value != loaded.get(key):
@@ -142,6 +161,8 @@ class ImageNetCLI(LightningCLI):
         self._resolve_classes(config, ckpt_path)
         if self.subcommand == "fit":
             self._name_checkpoints(config)
+            if not ckpt_path:
+                _refuse_reused_checkpoint_dir(config.trainer)
         else:
             config.trainer.callbacks = [c for c in _as_list(config.trainer.get("callbacks")) if not _fit_only(c)]
             warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks")
@@ -247,6 +268,67 @@ class ImageNetCLI(LightningCLI):
     ) -> Any:
         """Predict without keeping every batch's output in memory, unless ``--return_predictions true``."""
         return self.trainer.predict(model, datamodule=datamodule, return_predictions=bool(return_predictions), **kwargs)
+
+
+def _load_checkpoint(path: Path, trusted: bool = False) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True``: a checkpoint carrying pickled code is refused, never run."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"--ckpt_path {path} holds pickled objects that could run code ({first[:160]}); refused. "
+            "Only if you trust where it came from, add --weights_only false"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise UserError(
+            f"--ckpt_path {path} is not a readable checkpoint: {str(error).splitlines()[0][:160]}"
+        ) from None
+
+
+def _refuse_reused_checkpoint_dir(trainer: Namespace) -> None:
+    """A new fit never writes into a folder that already holds checkpoints (it would replace ``last.ckpt``)."""
+    for callback in _as_list(trainer.get("callbacks")):
+        if not (isinstance(callback, Namespace) and callback.class_path.endswith("ModelCheckpoint")):
+            continue
+        dirpath = (callback.get("init_args") or Namespace()).get("dirpath")
+        if dirpath is None and trainer.get("logger") in (False, None):
+            dirpath = Path(trainer.get("default_root_dir") or ".") / "checkpoints"
+        if dirpath is not None and any(Path(dirpath).glob("*.ckpt")):
+            raise UserError(
+                f"{dirpath} already holds checkpoints of an earlier run: resume it with --ckpt_path last, or choose "
+                "another --trainer.default_root_dir"
+            )
+
+
+def _find_last_checkpoint(root: Path) -> Path:
+    candidates = sorted(root.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise MissingPathError(
+            f"--ckpt_path last: no last*.ckpt under {root} (--trainer.default_root_dir): give a checkpoint path or "
+            "start without --ckpt_path"
+        )
+    return candidates[-1]
+
+
+def _continue_run(trainer: Namespace, checkpoint: Path) -> None:
+    """Point the logger at the run that wrote ``checkpoint`` (``<save_dir>/<name>/<version>/checkpoints/``)."""
+    run = checkpoint.parent.parent
+    for logger in _as_list(trainer.get("logger")):
+        if not isinstance(logger, Namespace) or checkpoint.parent.name != "checkpoints":
+            continue
+        init_args = logger.get("init_args") or Namespace()
+        if logger.class_path.endswith("WandbLogger"):
+            init_args.id = run.name
+            init_args.save_dir = str(run.parent.parent)
+        elif run.name.startswith("version_") and run.name[8:].isdigit():
+            init_args.version = int(run.name[8:])
+            init_args.save_dir = str(run.parent.parent)
+        logger.init_args = init_args
 
 
 def _fits(callback: Any, trainer: Namespace) -> bool:

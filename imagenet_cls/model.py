@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule
 from torchmetrics.classification import MulticlassAccuracy
 
 from imagenet_cls.backbones import classifier_module, create_backbone, resolve_data_config
+from imagenet_cls.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class ClassificationModel(LightningModule):
         freeze_backbone_epochs: Train only the classifier for this many epochs (-1: always).
         backbone_lr_scale: Learning rate of everything but the classifier, as a fraction of ``lr``.
         tta_hflip: In predict, average the probabilities of each image and its mirror image.
+        nonfinite_loss: On a NaN or infinite training loss: ``stop`` (an error naming the step; no checkpoint is
+            written from the broken weights) or ``skip`` that step's update.
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class ClassificationModel(LightningModule):
         freeze_backbone_epochs: int = 0,
         backbone_lr_scale: float = 1.0,
         tta_hflip: bool = False,
+        nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -136,6 +140,18 @@ class ClassificationModel(LightningModule):
             return None
         logits = self(images)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+        if not torch.isfinite(loss):
+            if self.hparams.nonfinite_loss == "skip":
+                log.warning(
+                    "non-finite training loss at step %d (epoch %d): update skipped",
+                    self.global_step,
+                    self.current_epoch,
+                )
+                return None  # Lightning skips the optimizer step
+            raise TrainingDiverged(
+                f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}): "
+                "lower --model.lr, add --trainer.gradient_clip_val, or --model.nonfinite_loss skip"
+            )
         self.train_acc(logits, targets)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -233,6 +249,10 @@ class ClassificationModel(LightningModule):
         if not self.hparams.warmup_epochs or not epochs or epochs < 0 or not math.isfinite(total):
             return 0
         return int(round(self.hparams.warmup_epochs * total / epochs))
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite."""
 
 
 class _ParameterList(torch.nn.Module):

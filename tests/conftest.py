@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +26,11 @@ FAST_TRAINER = [
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
+def _offline_in_tmp(monkeypatch, tmp_path):
+    """No W&B, no GPU, and the working directory in tmp, so default outputs (runs/) never land in the repo."""
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.chdir(tmp_path)
 
 
 def write_image(path: Path, colour, size=(24, 24), seed=0, mode="RGB", fmt=None) -> Path:
@@ -70,7 +71,3 @@ def split_folders(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
-
-
-def pytest_collection_modifyitems(config, items):
-    os.environ.setdefault("WANDB_MODE", "disabled")

@@ -251,3 +251,47 @@ def test_csv_logger_and_checkpoint_naming(class_folders, tmp_path):
     assert {"train_loss_step", "train_acc", "val_loss", "val_acc", "val_acc5"} <= set(metrics.columns)
     assert any(column.startswith("lr-SGD") for column in metrics.columns)  # LearningRateMonitor
     assert cli.trainer.early_stopping_callback.patience == 10
+
+
+def test_resume_last_and_refuse_to_overwrite(class_folders, tmp_path, capsys):
+    root = tmp_path / "runs"
+    base = [
+        "fit",
+        *FAST_TRAINER,
+        *TINY_MODEL,
+        "--data.data_dir",
+        str(class_folders),
+        "--data.num_workers",
+        "0",
+        "--trainer.default_root_dir",
+        str(root),
+        "--test_after_fit",
+        "false",
+    ]
+    assert "no last*.ckpt under" in _error_of(capsys, *base, "--ckpt_path", "last")
+    first = ImageNetCLI(args=[*base, "--trainer.max_epochs", "1"])
+    assert first.trainer.current_epoch == 1
+    before = (root / "checkpoints" / "last.ckpt").read_bytes()
+    assert "already holds checkpoints" in _error_of(capsys, *base, "--trainer.max_epochs", "2")
+    assert (root / "checkpoints" / "last.ckpt").read_bytes() == before  # nothing was overwritten
+    resumed = ImageNetCLI(args=[*base, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert resumed.trainer.current_epoch == 2 and resumed.trainer.global_step == 2 * first.trainer.global_step
+
+
+def test_checkpoint_carrying_code_is_refused(fitted, tmp_path, capsys):
+    _, ckpt, data = fitted
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["hyper_parameters"]["model_name"] = Payload()
+    evil = tmp_path / "evil.ckpt"
+    torch.save(checkpoint, evil)
+    message = _error_of(capsys, "test", "--ckpt_path", str(evil), "--data.data_dir", str(data), *FAST_TRAINER)
+    assert "holds pickled objects that could run code" in message and "--weights_only false" in message
+    assert not marker.exists()
+    saved = torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    assert "_instantiator" not in saved and "_class_path" not in saved  # nothing to import and call

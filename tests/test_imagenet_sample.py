@@ -10,7 +10,7 @@ import cv2
 import pandas as pd
 import pytest
 
-from bench.common import sample_dir
+from bench.common import REPO, sample_dir
 from imagenet_cls.cli import ImageNetCLI, main
 from imagenet_cls.prepare import main as prepare_main
 
@@ -39,7 +39,7 @@ def test_validate_pretrained_lite0_agrees_with_timm(prepared):
         args=[
             "validate",
             "--config",
-            "config/efficientnet_lite0.yaml",
+            str(REPO / "config" / "efficientnet_lite0.yaml"),
             "--data.data_dir",
             str(prepared),
             "--trainer.enable_progress_bar",
@@ -64,7 +64,7 @@ def test_predict_sample_plus_bad_files(prepared, tmp_path):
         [
             "predict",
             "--config",
-            "config/efficientnet_lite0.yaml",
+            str(REPO / "config" / "efficientnet_lite0.yaml"),
             "--data.mode",
             "predict",
             "--data.predict_path",

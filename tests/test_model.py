@@ -95,3 +95,16 @@ def test_hflip_test_time_augmentation_averages_the_mirror():
         torch.testing.assert_close(model.predict_step({"image": images}, 0), expected)
         model.hparams.tta_hflip = False
         torch.testing.assert_close(model.predict_step({"image": images}, 0), model(images).softmax(-1))
+
+
+def test_nonfinite_loss_stops_naming_the_step_or_skips():
+    from imagenet_cls.model import TrainingDiverged
+
+    model = tiny()
+    with torch.no_grad():
+        model.backbone.fc.bias[0] = float("nan")
+    batch = (torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 1]))
+    with pytest.raises(TrainingDiverged, match=r"training loss is nan at step 0 \(epoch 0\)"):
+        model.training_step(batch, 0)
+    model.hparams.nonfinite_loss = "skip"
+    assert model.training_step(batch, 0) is None
