@@ -33,11 +33,12 @@ DEFAULT_CALLBACKS = [
     },
     {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
     {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
+    {"class_path": "imagenet_cls.signals.GracefulShutdown"},
 ]
 DEFAULT_LOGGER = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "ImageNet"}}
 MIXED_PRECISIONS = {"16", "16-mixed", "bf16", "bf16-mixed", "transformer-engine", "transformer-engine-float16"}
 CHECKED_HPARAMS = ("model_name", "num_classes", "image_size")
-FIT_ONLY_CALLBACKS = ("ModelCheckpoint", "EarlyStopping", "LearningRateMonitor")
+FIT_ONLY_CALLBACKS = ("ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "GracefulShutdown")
 NAMED_CKPT_PATHS = {"last", "best", "hpc", "registry"}
 
 

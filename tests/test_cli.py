@@ -295,3 +295,54 @@ def test_checkpoint_carrying_code_is_refused(fitted, tmp_path, capsys):
     assert not marker.exists()
     saved = torch.load(ckpt, weights_only=True)["hyper_parameters"]
     assert "_instantiator" not in saved and "_class_path" not in saved  # nothing to import and call
+
+
+@pytest.mark.parametrize(("signum", "code"), [(15, 143), pytest.param(2, 130, marks=pytest.mark.slow)])
+def test_signal_during_fit_checkpoints_exits_and_resumes(class_folders, tmp_path, signum, code):
+    import time
+
+    root = tmp_path / "runs"
+    args = [
+        str(REPO / "cli.py"),
+        "fit",
+        *TINY_MODEL,
+        *FAST_TRAINER,
+        "--data.data_dir",
+        str(class_folders),
+        "--data.num_workers",
+        "0",
+        "--data.batch_size",
+        "2",
+        "--trainer.default_root_dir",
+        str(root),
+        "--test_after_fit",
+        "false",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, *args, "--trainer.max_epochs", "1000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    last = root / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert last.exists(), process.communicate()[1][-2000:]
+    saved_epoch = torch.load(last, weights_only=True)["epoch"]
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr[-2000:]
+    assert "resume with --ckpt_path last" in stderr
+    interrupted = torch.load(last, weights_only=True)
+    assert interrupted["global_step"] > 0 and interrupted["epoch"] >= saved_epoch
+    resumed = subprocess.run(
+        [sys.executable, *args, "--trainer.max_epochs", str(interrupted["epoch"] + 2), "--ckpt_path", "last"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Restoring states from the checkpoint path" in resumed.stderr
+    final = torch.load(last, weights_only=True)
+    assert final["global_step"] > interrupted["global_step"] and final["epoch"] > interrupted["epoch"]

@@ -204,3 +204,35 @@ def test_show_without_display_warns_and_class_map_overrides_names(checkpoint, tm
     assert "no display found; writing files only" in caplog.text
     rows = pd.read_csv(out / "predictions.csv")
     assert set(rows["pred_name"]) == {"crimson", "emerald", "azure"}
+
+
+def test_export_to_safetensors_loads_back_for_predict(checkpoint, tmp_path):
+    import json
+
+    from imagenet_cls.export import main as export_main
+
+    assert export_main([str(checkpoint), str(tmp_path / "exported")]) == 0
+    description = json.loads((tmp_path / "exported" / "model.json").read_text())
+    assert description["classes"] == ["n00000001", "n00000002", "n00000003"]
+    assert description["data_config"]["input_size"] == [3, 32, 32]
+    inputs = make_class_folders(tmp_path / "in", per_class=2)
+    out = tmp_path / "out"
+    code = main(
+        [
+            "predict",
+            "--config",
+            str(tmp_path / "exported" / "predict.yaml"),
+            "--data.mode",
+            "predict",
+            "--data.predict_path",
+            str(inputs),
+            "--data.num_workers",
+            "0",
+            "--writer.output_dir",
+            str(out),
+            *FAST_TRAINER,
+        ]
+    )
+    assert code == 0
+    rows = pd.read_csv(out / "predictions.csv")
+    assert (rows["pred_folder"] == rows["path"].map(lambda p: Path(p).parent.name)).all()
