@@ -67,6 +67,13 @@ class ClassificationModel(LightningModule):
         tta_hflip: In predict, average the probabilities of each image and its mirror image.
         nonfinite_loss: On a NaN or infinite training loss: ``stop`` (an error naming the step; no checkpoint is
             written from the broken weights) or ``skip`` that step's update.
+        ema_decay: Keep an exponential moving average of the weights with this decay (e.g. 0.9998). One switch:
+            the EMA weights are then what is validated, checkpointed as best, early-stopped on and exported.
+        mixup_alpha: Mixup beta-distribution alpha (0: off), timm's ``Mixup`` with a soft-target loss.
+        cutmix_alpha: CutMix alpha (0: off).
+        mixup_prob: Probability of applying mixup or cutmix to a batch.
+        mixup_switch_prob: Probability of cutmix instead of mixup when both are on.
+        mixup_off_epoch: Epoch from which mixup/cutmix are off (None: never).
     """
 
     def __init__(
@@ -96,6 +103,12 @@ class ClassificationModel(LightningModule):
         backbone_lr_scale: float = 1.0,
         tta_hflip: bool = False,
         nonfinite_loss: Literal["stop", "skip"] = "stop",
+        ema_decay: float | None = None,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mixup_prob: float = 1.0,
+        mixup_switch_prob: float = 0.5,
+        mixup_off_epoch: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -121,6 +134,18 @@ class ClassificationModel(LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self._skipped: list[str] = []
+        self.mixup = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            from timm.data import Mixup
+
+            self.mixup = Mixup(
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                prob=mixup_prob,
+                switch_prob=mixup_switch_prob,
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
+            )
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 in 0-255 -> float32 normalised with the model's mean and std."""
@@ -138,8 +163,14 @@ class ClassificationModel(LightningModule):
         images, targets = self._take_good(batch)
         if not len(targets):  # every file of the batch was skipped as unreadable
             return None
-        logits = self(images)
-        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+        if self._mixup_on(len(targets)):
+            # (B, 3, H, W) normalised float, mixed in place; targets become (B, num_classes) soft labels.
+            images, soft = self.mixup(self.normalize(images), targets)
+            logits = self(images)
+            loss = torch.sum(-soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        else:
+            logits = self(images)
+            loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
         if not torch.isfinite(loss):
             if self.hparams.nonfinite_loss == "skip":
                 log.warning(
@@ -175,6 +206,19 @@ class ClassificationModel(LightningModule):
         acc5(logits, targets)
         self.log(f"{stage}_acc", acc, prog_bar=True)
         self.log(f"{stage}_acc5", acc5)
+
+    def _mixup_on(self, batch_size: int) -> bool:
+        off_epoch = self.hparams.mixup_off_epoch
+        active = self.mixup is not None and (off_epoch is None or self.current_epoch < off_epoch)
+        return active and batch_size % 2 == 0  # timm's Mixup pairs images: an odd last batch is left unmixed
+
+    def configure_callbacks(self) -> list:
+        """EMA of the weights when ``ema_decay`` is set (Lightning's ``EMAWeightAveraging``)."""
+        if self.hparams.ema_decay is None:
+            return []
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        return [EMAWeightAveraging(decay=self.hparams.ema_decay)]
 
     def _take_good(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and targets of a batch; paths of files skipped as unreadable (``skip_bad_images``) are kept."""

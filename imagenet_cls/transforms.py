@@ -33,6 +33,9 @@ def create_train_transform(
     """Random-resized crop, flip and optional timm augmentation (RandAugment, TrivialAugment, colour jitter)."""
     from timm.data import create_transform
 
+    if auto_augment:
+        _fix_timm_posterize()
+
     return create_transform(
         input_size=data_config["input_size"],
         is_training=True,
@@ -44,3 +47,27 @@ def create_train_transform(
         color_jitter=color_jitter if color_jitter else None,
         use_prefetcher=True,
     )
+
+
+def posterize_keeping_zero_bits(img, bits_to_keep: int, **_):
+    """Timm's posterize op, correct under Pillow 13.
+
+    timm's increasing-magnitude posterize asks for 0 bits at the top magnitude (about 0.2% of RandAugment draws
+    with ``mstd0.5``). Pillow < 13 returned a black image for that; Pillow 13 raises ``ValueError: bits must be
+    between or equal to 1 and 8``, which kills a training epoch. Keeping zero bits is a black image, as before.
+    """
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _fix_timm_posterize() -> None:
+    """Point timm's posterize ops at :func:`posterize_keeping_zero_bits` (idempotent; before ops are built)."""
+    from timm.data import auto_augment
+
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        auto_augment.NAME_TO_OP[name] = posterize_keeping_zero_bits

@@ -346,3 +346,65 @@ def test_signal_during_fit_checkpoints_exits_and_resumes(class_folders, tmp_path
     assert "Restoring states from the checkpoint path" in resumed.stderr
     final = torch.load(last, weights_only=True)
     assert final["global_step"] > interrupted["global_step"] and final["epoch"] > interrupted["epoch"]
+
+
+def test_ema_weights_are_validated_and_saved_as_best(class_folders, tmp_path):
+    config = tmp_path / "ema.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n  - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "    init_args: {monitor: val_loss, mode: min, save_top_k: 1}\n"
+    )
+    fit = ImageNetCLI(
+        args=[
+            "fit",
+            "--config",
+            str(config),
+            *FAST_TRAINER,
+            *TINY_MODEL,
+            "--data.data_dir",
+            str(class_folders),
+            "--data.num_workers",
+            "0",
+            "--data.batch_size",
+            "4",
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.default_root_dir",
+            str(tmp_path / "runs"),
+            "--test_after_fit",
+            "false",
+            "--model.ema_decay",
+            "0.5",
+            "--model.optimizer",
+            "adamw",
+            "--model.lr",
+            "0.01",
+        ]
+    )
+    best = fit.trainer.checkpoint_callback
+    checkpoint = torch.load(best.best_model_path, weights_only=True)
+    ema, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema if k.startswith("backbone."))
+
+    def val_loss(state_dict) -> float:
+        path = tmp_path / "weights.ckpt"
+        torch.save({**checkpoint, "state_dict": state_dict}, path)
+        check = ImageNetCLI(
+            args=[
+                "validate",
+                "--ckpt_path",
+                str(path),
+                "--data.data_dir",
+                str(class_folders),
+                *FAST_TRAINER,
+                "--data.num_workers",
+                "0",
+                "--data.batch_size",
+                "4",
+            ]
+        )
+        return float(check.trainer.callback_metrics["val_loss"])
+
+    # The score that made this checkpoint the best one was computed with the EMA weights, not the raw ones.
+    assert val_loss(ema) == pytest.approx(float(best.best_model_score), rel=1e-4)
+    assert val_loss(raw) != pytest.approx(float(best.best_model_score), rel=1e-4)

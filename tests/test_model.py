@@ -108,3 +108,32 @@ def test_nonfinite_loss_stops_naming_the_step_or_skips():
         model.training_step(batch, 0)
     model.hparams.nonfinite_loss = "skip"
     assert model.training_step(batch, 0) is None
+
+
+def test_mixup_makes_soft_targets_until_its_off_epoch(monkeypatch):
+    model = tiny(mixup_alpha=1.0, cutmix_alpha=1.0, mixup_off_epoch=1, label_smoothing=0.1)
+    seen = []
+    original = model.mixup.__call__
+
+    def spy(images, targets):
+        mixed, soft = original(images, targets)
+        seen.append(soft)
+        return mixed, soft
+
+    monkeypatch.setattr(model, "mixup", spy)
+    monkeypatch.setattr(model, "_mixup_on", lambda n: model.current_epoch < 1 and n % 2 == 0)
+    batch = (torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 1, 2, 0]))
+    loss = model.training_step(batch, 0)
+    assert torch.isfinite(loss) and len(seen) == 1
+    soft = seen[0]
+    assert soft.shape == (4, 3) and torch.allclose(soft.sum(-1), torch.ones(4))
+    assert (soft.max(-1).values < 0.95).all()  # no one-hot row: targets really changed
+    monkeypatch.setattr(type(model), "current_epoch", property(lambda self: 1))
+    model.training_step(batch, 0)
+    assert len(seen) == 1  # off from mixup_off_epoch
+
+
+def test_real_mixup_on_flag():
+    model = tiny(mixup_alpha=0.8, mixup_off_epoch=3)
+    assert model._mixup_on(4) and not model._mixup_on(3)
+    assert not tiny()._mixup_on(4)
