@@ -52,8 +52,11 @@ class RunConfigSaver(SaveConfigCallback):
         folder = run_dir(trainer, stage)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / self.config_filename
-        if path.exists():
-            path = folder / f"config-{time.strftime('%Y%m%d-%H%M%S')}-{stage}.yaml"
+        stage_name = getattr(stage, "value", stage)
+        attempt = 0
+        while path.exists():  # never over an earlier run's config
+            attempt += 1
+            path = folder / f"config-{time.strftime('%Y%m%d-%H%M%S')}-{stage_name}-{attempt}.yaml"
         self.parser.save(self.config, path, skip_none=False, overwrite=False, multifile=self.multifile)
 
 
