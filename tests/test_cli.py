@@ -302,9 +302,17 @@ def test_signal_during_fit_checkpoints_exits_and_resumes(class_folders, tmp_path
     import time
 
     root = tmp_path / "runs"
+    config = tmp_path / "no_early_stop.yaml"  # early stopping could end the run before the signal arrives
+    config.write_text(
+        "trainer:\n  callbacks:\n  - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "    init_args: {monitor: val_acc, mode: max, save_last: true}\n"
+        "  - class_path: imagenet_cls.signals.GracefulShutdown\n"
+    )
     args = [
         str(REPO / "cli.py"),
         "fit",
+        "--config",
+        str(config),
         *TINY_MODEL,
         *FAST_TRAINER,
         "--data.data_dir",
