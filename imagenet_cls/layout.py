@@ -83,16 +83,26 @@ def _read_class_folders(data_dir: Path, fractions: tuple[float, float, float], s
     classes = sorted(images)
     splits: dict[str, list[Sample]] = {split: [] for split in SPLITS}
     for label, name in enumerate(classes):
-        paths = list(images[name])
-        random.Random(f"{seed}-{name}").shuffle(paths)  # per-class stream: adding a class moves no other file
-        n_val = round(len(paths) * fractions[1])
-        n_test = round(len(paths) * fractions[2])
-        if n_val + n_test >= len(paths):  # keep at least one training image per class
-            n_val, n_test = min(n_val, len(paths) - 1), max(0, min(n_test, len(paths) - 1 - n_val))
-        splits["val"] += [(p, label) for p in paths[:n_val]]
-        splits["test"] += [(p, label) for p in paths[n_val : n_val + n_test]]
-        splits["train"] += [(p, label) for p in paths[n_val + n_test :]]
+        for split, paths in split_per_class(images[name], fractions, f"{seed}-{name}").items():
+            splits[split] += [(p, label) for p in paths]
     return DatasetLayout(classes=classes, splits=splits, kind="class folders")
+
+
+def split_per_class(paths: list, fractions: tuple[float, float, float], seed: str) -> dict[str, list]:
+    """Deal one class's files into train/val/test by ``fractions``, reproducibly for ``seed``.
+
+    Each class has its own random stream, so adding a class moves no other file. While the train fraction is
+    above 0, every class keeps at least one training file.
+    """
+    paths = sorted(paths)
+    random.Random(seed).shuffle(paths)
+    n_val, n_test = round(len(paths) * fractions[1]), round(len(paths) * fractions[2])
+    if fractions[0] > 0 and n_val + n_test >= len(paths):
+        n_val = min(n_val, len(paths) - 1)
+        n_test = max(0, min(n_test, len(paths) - 1 - n_val))
+    if fractions[0] == 0:  # rounding must not leak files into train
+        n_test = len(paths) - n_val
+    return {"val": paths[:n_val], "test": paths[n_val : n_val + n_test], "train": paths[n_val + n_test :]}
 
 
 def _images_per_class(root: Path) -> dict[str, list[str]]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import random
 import re
 import shutil
 import sys
@@ -34,6 +33,7 @@ from typing import Literal
 from imagenet_cls.classes import imagenet_class_names, read_class_map, write_class_map
 from imagenet_cls.errors import UserError
 from imagenet_cls.images import is_hidden, is_image_file, iter_image_files
+from imagenet_cls.layout import split_per_class
 
 Mode = Literal["auto", "link", "symlink", "copy"]
 WNID = re.compile(r"^n\d{8}$")
@@ -120,14 +120,8 @@ def plan_flat(source: Path, split: tuple[float, float, float], seed: int) -> tup
 def _split_items(groups: dict[str, list[Path]], split: tuple[float, float, float], seed: int) -> list[Item]:
     items = []
     for wnid, paths in sorted(groups.items()):
-        paths = sorted(paths)
-        random.Random(f"{seed}-{wnid}").shuffle(paths)
-        n_val, n_test = round(len(paths) * split[1]), round(len(paths) * split[2])
-        if split[0] > 0 and n_val + n_test >= len(paths):
-            n_val, n_test = min(n_val, len(paths) - 1), max(0, min(n_test, len(paths) - 1 - n_val))
-        for index, path in enumerate(paths):
-            part = "val" if index < n_val else "test" if index < n_val + n_test else "train"
-            items.append(Item(path, part, wnid, path.name))
+        for part, chosen in split_per_class(paths, split, f"{seed}-{wnid}").items():
+            items += [Item(path, part, wnid, path.name) for path in chosen]
     return items
 
 

@@ -61,3 +61,8 @@ def test_missing_split_is_named(split_folders):
     layout = read_layout(split_folders)
     with pytest.raises(UserError, match="no 'test' images"):
         layout.samples("test")
+
+
+def test_all_to_val_for_evaluating_a_folder_of_class_folders(class_folders):
+    layout = read_layout(class_folders, (0.0, 1.0, 0.0))
+    assert len(layout.splits["val"]) == 30 and not layout.splits["train"] and not layout.splits["test"]
