@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from bench.common import REPO, sample_dir
-from imagenet_cls.cli import ImageNetCLI, main
+from imagenet_cls.cli import main
 from imagenet_cls.prepare import main as prepare_main
 
 SAMPLE = sample_dir()
@@ -33,20 +33,9 @@ def test_prepared_sample_is_a_1000_class_layout(prepared):
 
 
 def test_validate_pretrained_lite0_agrees_with_timm(prepared):
-    from bench.pretrained import timm_top1
+    from bench.pretrained import our_top1, timm_top1
 
-    cli = ImageNetCLI(
-        args=[
-            "validate",
-            "--config",
-            str(REPO / "config" / "efficientnet_lite0.yaml"),
-            "--data.data_dir",
-            str(prepared),
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
-    )
-    ours = float(cli.trainer.callback_metrics["val_acc"])
+    ours = our_top1(prepared)  # python cli.py validate --config config/efficientnet_lite0.yaml --data.data_dir ...
     theirs, count = timm_top1(prepared / "val")
     assert count == 1000
     assert abs(ours - theirs) <= 0.002, (ours, theirs)
