@@ -67,6 +67,8 @@ def run_dir(trainer: Trainer, stage: str = "fit") -> Path:
             if hasattr(callback, "run_dir"):
                 return Path(callback.run_dir)
     if not trainer.loggers:
+        if stage != "fit":  # validate/test without a logger: a folder per run, not loose files in the root
+            return Path(trainer.default_root_dir) / getattr(stage, "value", str(stage)) / time.strftime("%Y%m%d-%H%M%S")
         return Path(trainer.default_root_dir)
     logger = trainer.loggers[0]
     save_dir = logger.save_dir or trainer.default_root_dir
