@@ -16,6 +16,7 @@ from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from imagenet_cls.checkpoints import load_checkpoint
 from imagenet_cls.data import ImageNetDataModule
 from imagenet_cls.errors import MissingPathError, UserError
 from imagenet_cls.model import LOGGED_METRICS, ClassificationModel
@@ -141,7 +142,7 @@ class ImageNetCLI(LightningCLI):
         if not Path(ckpt_path).is_file():
             raise MissingPathError(f"--ckpt_path {ckpt_path} is not a file: give a .ckpt written by fit")
         hparams = dict(
-            _load_checkpoint(Path(ckpt_path), trusted=config.get("weights_only") is False).get("hyper_parameters", {})
+            load_checkpoint(Path(ckpt_path), trusted=config.get("weights_only") is False).get("hyper_parameters", {})
         )
         hparams.pop("_instantiator", None)
         hparams.pop("_class_path", None)
@@ -274,26 +275,6 @@ class ImageNetCLI(LightningCLI):
     ) -> Any:
         """Predict without keeping every batch's output in memory, unless ``--return_predictions true``."""
         return self.trainer.predict(model, datamodule=datamodule, return_predictions=bool(return_predictions), **kwargs)
-
-
-def _load_checkpoint(path: Path, trusted: bool = False) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True``: a checkpoint carrying pickled code is refused, never run."""
-    import pickle
-
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not trusted)
-    except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(
-            f"--ckpt_path {path} holds pickled objects that could run code ({first[:160]}); refused. "
-            "Only if you trust where it came from, add --weights_only false"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise UserError(
-            f"--ckpt_path {path} is not a readable checkpoint: {str(error).splitlines()[0][:160]}"
-        ) from None
 
 
 def _refuse_reused_checkpoint_dir(trainer: Namespace) -> None:

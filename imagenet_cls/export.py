@@ -35,12 +35,12 @@ def export(checkpoint: Path, out_dir: Path) -> Path:
     """Write the three files into ``out_dir``; returns the ``.safetensors`` path."""
     from safetensors.torch import save_file
 
-    from imagenet_cls.cli import _load_checkpoint
+    from imagenet_cls.checkpoints import load_checkpoint
     from imagenet_cls.model import ClassificationModel
 
     if not Path(checkpoint).is_file():
         raise UserError(f"CKPT {checkpoint} is not a file: give a .ckpt written by fit")
-    saved = _load_checkpoint(Path(checkpoint))
+    saved = load_checkpoint(Path(checkpoint))
     hparams = {k: v for k, v in saved.get("hyper_parameters", {}).items() if k in KEPT_HPARAMS}
     if "model_name" not in hparams:
         raise UserError(f"CKPT {checkpoint} has no model hyper-parameters: was it written by this tool's fit?")
