@@ -38,7 +38,8 @@ class ImageNetDataModule(LightningDataModule):
         hflip: Horizontal flip probability in training.
         crop_scale: Random-resized-crop area range in training.
         crop_ratio: Random-resized-crop aspect-ratio range in training.
-        auto_augment: timm augmentation string, e.g. ``rand-m9-mstd0.5-inc1`` or ``trivialaugment``.
+        auto_augment: Training augmentation: a timm string (``rand-m9-mstd0.5-inc1`` RandAugment, ``augmix-m5``,
+            ``original`` AutoAugment) or ``ta_wide`` (TrivialAugmentWide).
         color_jitter: Colour jitter strength in training (off when None).
         skip_bad_images: Skip files that cannot be decoded (each logged; ``val_images``/``test_images`` count the
             images metrics were computed over) instead of stopping with an error naming the file.

@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from imagenet_cls.backbones import classifier_module, create_backbone, resolve_data_config
 from imagenet_cls.errors import UserError
+from imagenet_cls.optim import Schedule, create_optimizer, lr_schedule, parameter_groups, scale_lr
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +53,32 @@ class ClassificationModel(LightningModule):
         std: Per-channel normalisation std (RGB, 0-1 scale); default: the model's.
         optimizer: Optimizer name understood by timm's ``create_optimizer_v2`` (``sgd`` is Nesterov SGD,
             ``momentum``, ``adamw``, ``lamb``, ``lars``, ...). Norm and bias parameters get no weight decay.
-        lr: Peak learning rate.
+        lr: Peak learning rate (for ``lr_base_batch_size`` images per step when that is set).
+        lr_base_batch_size: Scale ``lr`` from this batch size to the global one (batch size x devices x
+            gradient accumulation), e.g. 256 for "lr 0.1 per 256 images"; None: ``lr`` is used as given.
+        lr_scaling: How ``lr`` scales with the batch size: ``linear`` (Goyal et al.) or ``sqrt`` (for adaptive
+            optimizers).
         momentum: Momentum (SGD-style optimizers).
         weight_decay: Weight decay.
-        scheduler: Learning-rate schedule after warmup, stepped every optimizer step.
+        layer_decay: Layer-wise learning-rate decay (timm/BEiT): layer ``i`` from the top learns at
+            ``lr * layer_decay ** i`` (e.g. 0.65 to fine-tune a ViT); None: off.
+        scheduler: Learning-rate schedule after warmup, stepped every optimizer step: ``cosine`` (to ``min_lr``),
+            ``step`` (x ``decay_rate`` every ``step_epochs``), ``multistep`` (x ``decay_rate`` at each of
+            ``milestones``) or ``constant``.
+        decay_rate: LR factor at each decay of the ``step`` and ``multistep`` schedules.
+        step_epochs: Epochs between decays of the ``step`` schedule.
+        milestones: Epochs at which the ``multistep`` schedule decays.
         warmup_epochs: Linear warmup length in epochs (fractions allowed), from ``lr * warmup_lr_ratio``.
         warmup_lr_ratio: Learning rate at the start of warmup, as a fraction of ``lr``.
-        min_lr: Final learning rate of the cosine schedule.
-        label_smoothing: Label smoothing of the cross-entropy loss.
+        min_lr: Final learning rate of the cosine schedule (a floor for step and multistep).
+        loss: ``cross_entropy`` (softmax) or ``bce`` (per-class sigmoid, as in "ResNet strikes back").
+        bce_target_threshold: With ``bce``: soft targets at or above this become 1 (timm's target threshold).
+        label_smoothing: Label smoothing of the loss.
         drop_rate: Dropout before the classifier (timm models).
+        drop_path_rate: Stochastic depth rate (timm models that have it: ResNets, ConvNeXt, ViT).
         channels_last: Run the network in channels-last memory format (faster on recent GPUs and CPUs).
+        compile: Compile the network with ``torch.compile`` (slower start, faster steps; weights and checkpoints
+            are unchanged).
         freeze_backbone_epochs: Train only the classifier for this many epochs (-1: always).
         backbone_lr_scale: Learning rate of everything but the classifier, as a fraction of ``lr``.
         tta_hflip: In predict, average the probabilities of each image and its mirror image.
@@ -74,6 +91,11 @@ class ClassificationModel(LightningModule):
         mixup_prob: Probability of applying mixup or cutmix to a batch.
         mixup_switch_prob: Probability of cutmix instead of mixup when both are on.
         mixup_off_epoch: Epoch from which mixup/cutmix are off (None: never).
+        random_erase_prob: Random-erasing probability per training image (timm's ``RandomErasing``, applied to
+            the normalised batch on the device, before mixup); 0: off.
+        random_erase_mode: Fill of erased boxes: ``pixel`` (per-pixel noise), ``rand`` (per-box colour) or
+            ``const`` (zero).
+        random_erase_count: Most boxes erased per image.
     """
 
     def __init__(
@@ -90,15 +112,25 @@ class ClassificationModel(LightningModule):
         std: tuple[float, float, float] | None = None,
         optimizer: str = "sgd",
         lr: float = 0.1,
+        lr_base_batch_size: int | None = None,
+        lr_scaling: Literal["linear", "sqrt"] = "linear",
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
-        scheduler: Literal["cosine", "constant"] = "cosine",
+        layer_decay: float | None = None,
+        scheduler: Schedule = "cosine",
+        decay_rate: float = 0.1,
+        step_epochs: float = 30.0,
+        milestones: list[float] | None = None,
         warmup_epochs: float = 0.0,
         warmup_lr_ratio: float = 0.01,
         min_lr: float = 0.0,
+        loss: Literal["cross_entropy", "bce"] = "cross_entropy",
+        bce_target_threshold: float | None = None,
         label_smoothing: float = 0.0,
         drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
         channels_last: bool = False,
+        compile: bool = False,
         freeze_backbone_epochs: int = 0,
         backbone_lr_scale: float = 1.0,
         tta_hflip: bool = False,
@@ -109,10 +141,15 @@ class ClassificationModel(LightningModule):
         mixup_prob: float = 1.0,
         mixup_switch_prob: float = 0.5,
         mixup_off_epoch: int | None = None,
+        random_erase_prob: float = 0.0,
+        random_erase_mode: Literal["pixel", "rand", "const"] = "pixel",
+        random_erase_count: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        extra = {"drop_rate": drop_rate} if not model_name.startswith("tv:") else {}
+        extra = {}
+        if not model_name.startswith("tv:"):
+            extra = {"drop_rate": drop_rate, **({"drop_path_rate": drop_path_rate} if drop_path_rate else {})}
         self.backbone = create_backbone(model_name, num_classes, pretrained is True, **extra)
         if isinstance(pretrained, str) and pretrained:
             from imagenet_cls.weights import load_pretrained
@@ -127,6 +164,8 @@ class ClassificationModel(LightningModule):
         self.register_buffer("pixel_std", torch.tensor(self.data_config["std"]).view(1, 3, 1, 1) * scale, False)
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        if compile:
+            self.backbone.compile()  # in place: parameter names, checkpoints and exports stay those of the eager model
         top5 = min(5, num_classes)
         self.train_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -146,6 +185,14 @@ class ClassificationModel(LightningModule):
                 label_smoothing=label_smoothing,
                 num_classes=num_classes,
             )
+        self.random_erasing = None
+        if random_erase_prob > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            self.random_erasing = RandomErasing(
+                random_erase_prob, mode=random_erase_mode, max_count=random_erase_count, device="cpu"
+            )
+        self.train_loss = _training_loss(loss, label_smoothing, bce_target_threshold)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 in 0-255 -> float32 normalised with the model's mean and std."""
@@ -163,14 +210,15 @@ class ClassificationModel(LightningModule):
         images, targets = self._take_good(batch)
         if not len(targets):  # every file of the batch was skipped as unreadable
             return None
+        labels = targets
+        if self.random_erasing is not None:
+            self.random_erasing.device = images.device
+            images = self.random_erasing(self.normalize(images))  # (B, 3, H, W) normalised, erased in place
         if self._mixup_on(len(targets)):
-            # (B, 3, H, W) normalised float, mixed in place; targets become (B, num_classes) soft labels.
-            images, soft = self.mixup(self.normalize(images), targets)
-            logits = self(images)
-            loss = torch.sum(-soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-        else:
-            logits = self(images)
-            loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+            # Mixed in place; targets become (B, num_classes) soft labels (label smoothing included).
+            images, targets = self.mixup(images if images.is_floating_point() else self.normalize(images), targets)
+        logits = self(images)
+        loss = self.train_loss(logits.float(), targets)
         if not torch.isfinite(loss):
             if self.hparams.nonfinite_loss == "skip":
                 log.warning(
@@ -183,7 +231,7 @@ class ClassificationModel(LightningModule):
                 f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}): "
                 "lower --model.lr, add --trainer.gradient_clip_val, or --model.nonfinite_loss skip"
             )
-        self.train_acc(logits, targets)
+        self.train_acc(logits, labels)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
@@ -258,26 +306,46 @@ class ClassificationModel(LightningModule):
                 parameter.requires_grad_(not frozen)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        from timm.optim import create_optimizer_v2, param_groups_weight_decay
-
         hp = self.hparams
-        head_ids = {id(p) for p in self._head_parameters()}
-        head = [p for p in self.backbone.parameters() if id(p) in head_ids]
-        body = [p for p in self.backbone.parameters() if id(p) not in head_ids]
-        groups = []
-        for params, scale in ((body, hp.backbone_lr_scale), (head, 1.0)):
-            module = _ParameterList(params)
-            for group in param_groups_weight_decay(module, hp.weight_decay):
-                if group["params"]:
-                    groups.append({**group, "lr": hp.lr * scale})
-        optimizer = create_optimizer_v2(
-            groups, opt=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum
+        groups = parameter_groups(
+            self.backbone, self._head_parameters(), hp.weight_decay, hp.backbone_lr_scale, hp.layer_decay
         )
-        schedule = _warmup_then(
-            hp.scheduler, self._warmup_steps(), self._total_steps(), hp.min_lr / hp.lr, hp.warmup_lr_ratio
+        lr = scale_lr(hp.lr, self._global_batch_size(), hp.lr_base_batch_size, hp.lr_scaling)
+        if lr != hp.lr:
+            log.info(
+                "learning rate %g for %d images per step (%g per %d)",
+                lr,
+                self._global_batch_size(),
+                hp.lr,
+                hp.lr_base_batch_size,
+            )
+        optimizer = create_optimizer(groups, hp.optimizer, lr, hp.weight_decay, hp.momentum)
+        total = self._total_steps()
+        epochs = self.trainer.max_epochs
+        steps_per_epoch = total / epochs if epochs and epochs > 0 and math.isfinite(total) else math.inf
+        schedule = lr_schedule(
+            hp.scheduler,
+            warmup_steps=self._warmup_steps(),
+            total_steps=total,
+            steps_per_epoch=steps_per_epoch,
+            min_ratio=hp.min_lr / lr,
+            start_ratio=hp.warmup_lr_ratio,
+            decay_rate=hp.decay_rate,
+            step_epochs=hp.step_epochs,
+            milestones=hp.milestones or (),
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _global_batch_size(self) -> int:
+        """Images per optimizer step over all devices (batch size x devices x gradient accumulation)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        batch_size = getattr(datamodule, "batch_size", None)
+        if batch_size is None:
+            return self.hparams.lr_base_batch_size or 1
+        world = getattr(self.trainer, "world_size", 1)
+        accumulate = getattr(self.trainer, "accumulate_grad_batches", 1)
+        return batch_size * world * accumulate
 
     def _head_parameters(self) -> list[torch.nn.Parameter]:
         head = classifier_module(self.backbone)
@@ -299,23 +367,16 @@ class TrainingDiverged(UserError):
     """The training loss became NaN or infinite."""
 
 
-class _ParameterList(torch.nn.Module):
-    """A bag of parameters, so timm's weight-decay grouping (no decay on 1-d tensors) can read their names."""
+def _training_loss(kind: str, label_smoothing: float, bce_target_threshold: float | None):
+    """The training loss over logits and hard (B,) or soft (B, num_classes) targets."""
+    if kind == "bce":
+        from timm.loss import BinaryCrossEntropy
 
-    def __init__(self, params: list[torch.nn.Parameter]) -> None:
-        super().__init__()
-        self.params = torch.nn.ParameterList(params)
+        return BinaryCrossEntropy(smoothing=label_smoothing, target_threshold=bce_target_threshold)
 
+    def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.ndim == 2:  # soft targets from mixup/cutmix, already smoothed
+            return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
 
-def _warmup_then(kind: str, warmup: int, total: float, min_ratio: float, start_ratio: float):
-    """LR multiplier per optimizer step: linear warmup from ``start_ratio``, then cosine to ``min_ratio``."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return start_ratio + (1.0 - start_ratio) * step / warmup
-        if kind == "constant" or not math.isfinite(total):
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
+    return cross_entropy

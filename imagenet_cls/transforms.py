@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from imagenet_cls.errors import UserError
+
+TRIVIAL_AUGMENT = ("ta_wide", "trivialaugment")
+
 
 def create_eval_transform(data_config: dict[str, Any]):
     """Resize to ``input_size / crop_pct`` and centre-crop, as timm evaluates its pretrained models."""
@@ -30,23 +34,43 @@ def create_train_transform(
     auto_augment: str | None = None,
     color_jitter: float | None = None,
 ):
-    """Random-resized crop, flip and optional timm augmentation (RandAugment, TrivialAugment, colour jitter)."""
+    """Random-resized crop, flip, optional augmentation and colour jitter.
+
+    ``auto_augment`` is a timm string (``rand-m9-mstd0.5-inc1``, ``augmix-m5``, ``original`` AutoAugment) or
+    ``ta_wide`` (torchvision's TrivialAugmentWide, as in its new ResNet recipe).
+    """
     from timm.data import create_transform
 
-    if auto_augment:
+    trivial = auto_augment in TRIVIAL_AUGMENT
+    if auto_augment and not trivial:
         _fix_timm_posterize()
+    try:
+        primary, secondary, final = create_transform(
+            input_size=data_config["input_size"],
+            is_training=True,
+            interpolation=data_config["interpolation"],
+            hflip=hflip,
+            scale=scale,
+            ratio=ratio,
+            auto_augment=None if trivial else auto_augment,
+            color_jitter=color_jitter if color_jitter else None,
+            use_prefetcher=True,
+            separate=True,
+        )
+    except (AssertionError, KeyError, ValueError) as error:
+        raise UserError(
+            f"--data.auto_augment {auto_augment!r} is not understood{f' ({error})' if str(error) else ''}: use e.g. "
+            "rand-m9-mstd0.5-inc1, "
+            "augmix-m5, original or ta_wide"
+        ) from None
+    if trivial:
+        from torchvision.transforms import InterpolationMode, TrivialAugmentWide
 
-    return create_transform(
-        input_size=data_config["input_size"],
-        is_training=True,
-        interpolation=data_config["interpolation"],
-        hflip=hflip,
-        scale=scale,
-        ratio=ratio,
-        auto_augment=auto_augment,
-        color_jitter=color_jitter if color_jitter else None,
-        use_prefetcher=True,
-    )
+        mode = InterpolationMode(data_config["interpolation"]) if data_config["interpolation"] != "random" else None
+        secondary.transforms.insert(0, TrivialAugmentWide(interpolation=mode or InterpolationMode.BILINEAR))
+    from torchvision.transforms import Compose
+
+    return Compose([*primary.transforms, *secondary.transforms, *final.transforms])
 
 
 def posterize_keeping_zero_bits(img, bits_to_keep: int, **_):
