@@ -35,6 +35,7 @@ DEFAULT_CALLBACKS = [
     {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
     {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
     {"class_path": "imagenet_cls.signals.GracefulShutdown"},
+    {"class_path": "imagenet_cls.report.EvaluationReport"},
 ]
 DEFAULT_LOGGER = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "ImageNet"}}
 MIXED_PRECISIONS = {"16", "16-mixed", "bf16", "bf16-mixed", "transformer-engine", "transformer-engine-float16"}
@@ -50,7 +51,7 @@ class RunConfigSaver(SaveConfigCallback):
     """
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        folder = run_dir(trainer, stage)
+        folder = self.folder = run_dir(trainer, stage)  # the evaluation report goes here too
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / self.config_filename
         stage_name = getattr(stage, "value", stage)
@@ -177,6 +178,7 @@ class ImageNetCLI(LightningCLI):
         self._cpu_precision(config.trainer)
         if self.subcommand == "predict":
             config.trainer.logger = False  # predict logs nothing; no W&B run for it
+            config.trainer.callbacks = [c for c in config.trainer.callbacks if not _named(c).endswith("Report")]
         else:
             self._wandb_offline_without_key(config.trainer)
 

@@ -236,24 +236,27 @@ class ClassificationModel(LightningModule):
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_acc, self.val_acc5)
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Logs the validation metrics; returns the batch's ``logits`` (for the evaluation report)."""
+        return self._evaluate(batch, "val", self.val_acc, self.val_acc5)
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_acc, self.test_acc5)
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Logs the test metrics; returns the batch's ``logits`` (for the evaluation report)."""
+        return self._evaluate(batch, "test", self.test_acc, self.test_acc5)
 
-    def _evaluate(self, batch, stage: str, acc: MulticlassAccuracy, acc5: MulticlassAccuracy) -> None:
+    def _evaluate(self, batch, stage: str, acc: MulticlassAccuracy, acc5: MulticlassAccuracy) -> dict:
         images, targets = self._take_good(batch)
         # The number of images metrics are computed over (fewer than the split when bad files are skipped).
         self.log(f"{stage}_images", float(len(targets)), reduce_fx="sum", sync_dist=True, batch_size=1)
         if not len(targets):
-            return
+            return {"logits": torch.empty((0, self.hparams.num_classes), device=self.device)}
         logits = self(images)
         self.log(f"{stage}_loss", F.cross_entropy(logits, targets), sync_dist=True, prog_bar=True)
         acc(logits, targets)
         acc5(logits, targets)
         self.log(f"{stage}_acc", acc, prog_bar=True)
         self.log(f"{stage}_acc5", acc5)
+        return {"logits": logits.detach()}
 
     def _mixup_on(self, batch_size: int) -> bool:
         off_epoch = self.hparams.mixup_off_epoch

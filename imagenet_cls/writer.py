@@ -117,7 +117,12 @@ class PredictionWriter(BasePredictionWriter):
                 self._counts["errors"] += 1
                 self._failed.append(path)
                 self._csv.writerow(
-                    [batch["index"][i], *_safe([path, "", "", "", "", ""]), *[""] * 4 * self.top_k, _safe_cell(error)]
+                    [
+                        batch["index"][i],
+                        *_safe([path, "", "", "", "", ""]),
+                        *[""] * 4 * self.top_k,
+                        spreadsheet_safe(error),
+                    ]
                 )
                 continue
             top = list(zip(indices[i], probs[i]))
@@ -273,10 +278,10 @@ def _relative_output_path(path: str, root: Path) -> Path:
 
 
 def _safe(cells: list[Any]) -> list[Any]:
-    return [_safe_cell(cell) for cell in cells]
+    return [spreadsheet_safe(cell) for cell in cells]
 
 
-def _safe_cell(cell: Any) -> Any:
+def spreadsheet_safe(cell: Any) -> Any:
     """Prefix text a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``) with a quote."""
     if isinstance(cell, str) and cell.startswith(FORMULA_PREFIXES):
         return "'" + cell

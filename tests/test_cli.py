@@ -1,5 +1,6 @@
 """The real entry point, end to end: fit -> validate -> test -> predict through cli.py, and user mistakes."""
 
+import json
 import os
 import re
 import subprocess
@@ -62,6 +63,11 @@ def test_fit_validate_test_predict_through_cli_py(class_folders, tmp_path):
     assert (run_dir / "config.yaml").is_file()
     assert list((runs / "wandb").glob("offline-run-*"))
     assert re.search(r"test_acc\s+│\s+1\.0", fit.stdout), fit.stdout[-2000:]  # the test after fit ran
+    for split in ("val", "test"):  # the evaluation report of the last validation and of the test
+        summary = json.loads((run_dir / "report" / split / "summary.json").read_text())
+        assert summary["images"] == 3 and summary["top1"] == 1.0
+        assert pd.read_csv(run_dir / "report" / split / "per_class.csv")["name"].tolist() == ["red", "green", "blue"]
+        assert (run_dir / "report" / split / "confusion_matrix.png").is_file()
 
     checkpoint = torch.load(best[0], weights_only=True)
     hparams = checkpoint["hyper_parameters"]
@@ -106,7 +112,7 @@ def test_fit_validate_test_predict_through_cli_py(class_folders, tmp_path):
     assert (rows["pred_folder"] == rows["path"].map(lambda p: Path(p).parent.name)).mean() == 1.0
     assert set(rows["pred_name"]) == {"red", "green", "blue"}
     assert len(list((out / "images").rglob("*.jpg"))) == 30
-    assert (out / "config.yaml").is_file()
+    assert (out / "config.yaml").is_file() and not (out / "report").exists()
 
 
 def _error_of(capsys, *args) -> str:
