@@ -147,7 +147,8 @@ class ImageNetDataModule(LightningDataModule):
         eval_transform = create_eval_transform(data_config)
         skip = self.skip_bad_images
         if stage == "fit":
-            train_transform = create_train_transform(data_config, **self.train_options)
+            train_config = {**data_config, "input_size": self.trainer.lightning_module.train_input_size}
+            train_transform = create_train_transform(train_config, **self.train_options)
             self.datasets["train"] = ImageFileDataset(self.layout.samples("train"), train_transform, skip)
         if stage in ("fit", "validate"):
             self.datasets["val"] = ImageFileDataset(self.layout.samples("val"), eval_transform, skip)

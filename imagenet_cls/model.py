@@ -47,6 +47,8 @@ class ClassificationModel(LightningModule):
         classes: Class folder ids in index order; the CLI sets them from the data folder.
         class_names: Human-readable class names in index order; the CLI sets them from the class map.
         image_size: Input height and width; default: the model's own (224 for most).
+        train_image_size: Training crop size when it differs from ``image_size`` (train smaller, test larger,
+            as torchvision's new recipe (176/224) and "ResNet strikes back" A3 (160/224) do).
         crop_pct: Eval centre-crop fraction (resize to image_size / crop_pct, then crop); default: the model's.
         interpolation: Resize interpolation; default: the model's.
         mean: Per-channel normalisation mean (RGB, 0-1 scale); default: the model's.
@@ -106,6 +108,7 @@ class ClassificationModel(LightningModule):
         classes: list[str] | None = None,
         class_names: list[str] | None = None,
         image_size: int | None = None,
+        train_image_size: int | None = None,
         crop_pct: float | None = None,
         interpolation: Interpolation | None = None,
         mean: tuple[float, float, float] | None = None,
@@ -158,6 +161,8 @@ class ClassificationModel(LightningModule):
         self.data_config = resolve_data_config(
             self.backbone, image_size=image_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std
         )
+        size = train_image_size
+        self.train_input_size = (3, size, size) if size else self.data_config["input_size"]
         # Inputs arrive as uint8 (B, 3, H, W); normalising here runs batched on the device, 4x less to copy.
         scale = 255.0
         self.register_buffer("pixel_mean", torch.tensor(self.data_config["mean"]).view(1, 3, 1, 1) * scale, False)

@@ -68,6 +68,7 @@ def test_fit_validate_test_predict_through_cli_py(class_folders, tmp_path):
         assert summary["images"] == 3 and summary["top1"] == 1.0
         assert pd.read_csv(run_dir / "report" / split / "per_class.csv")["name"].tolist() == ["red", "green", "blue"]
         assert (run_dir / "report" / split / "confusion_matrix.png").is_file()
+        assert list((runs / "wandb").rglob(f"media/images/report/{split}/confusion_*.png"))  # logged to W&B too
 
     checkpoint = torch.load(best[0], weights_only=True)
     hparams = checkpoint["hyper_parameters"]

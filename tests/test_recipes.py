@@ -151,3 +151,14 @@ def test_trivial_augment_wide_changes_the_training_images():
     assert any(not torch.equal(trivial(image), reference) for _ in range(5))
     with pytest.raises(UserError, match="auto_augment 'rand-q9' is not understood"):
         create_train_transform(config, auto_augment="rand-q9")
+
+
+def test_train_image_size_sets_the_training_crop_only(split_folders):
+    from imagenet_cls.data import ImageNetDataModule
+
+    model = tiny(image_size=32, train_image_size=24, crop_pct=1.0)
+    data = ImageNetDataModule(data_dir=split_folders, num_workers=0)
+    data.trainer = SimpleNamespace(lightning_module=model)
+    data.setup("fit")
+    assert data.datasets["train"][0][0].shape == (3, 24, 24)
+    assert data.datasets["val"][0][0].shape == (3, 32, 32)
