@@ -6,18 +6,20 @@ import glob
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
 from imagenet_cls.errors import MissingPathError, UserError
-from imagenet_cls.images import is_image_file, iter_image_files, load_rgb
+from imagenet_cls.images import ImageFile, is_image_file, iter_image_files
 from imagenet_cls.layout import Sample
 
-Transform = Callable[[Image.Image], torch.Tensor]
+if TYPE_CHECKING:
+    from imagenet_cls.transforms import EvalTransform
+
+Transform = Callable[[ImageFile], torch.Tensor]
 
 
 class ImageFileDataset(Dataset):
@@ -38,12 +40,11 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | BadSample:
         path, label = self.samples[index]
         try:
-            image = load_rgb(path)
+            return self.transform(ImageFile(path)), label
         except UserError as error:
             if not self.skip_bad:
                 raise UserError(f"{error} (set --data.skip_bad_images true to skip such files)") from None
             return BadSample(path, str(error))
-        return self.transform(image), label
 
 
 class BadSample(NamedTuple):
@@ -73,7 +74,7 @@ class PredictDataset(Dataset):
     """
 
     def __init__(
-        self, paths: list[str], transform: Transform, input_size: tuple[int, int], display_size: tuple[int, int]
+        self, paths: list[str], transform: EvalTransform, input_size: tuple[int, int], display_size: tuple[int, int]
     ) -> None:
         self.paths = paths
         self.transform = transform
@@ -86,27 +87,35 @@ class PredictDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.paths[index]
         try:
-            image = load_rgb(path)
+            model_input, display = self._decode(path)
         except UserError as error:
             blank = torch.zeros((3, *self.input_size), dtype=torch.uint8)
             return {"image": blank, "index": index, "path": path, "display": None, "error": str(error)}
-        return {
-            "image": self.transform(image),
-            "index": index,
-            "path": path,
-            "display": fit_within(image, self.display_size),
-            "error": "",
-        }
+        return {"image": model_input, "index": index, "path": path, "display": display, "error": ""}
+
+    def _decode(self, path: str) -> tuple[torch.Tensor, np.ndarray]:
+        """The model input and the display copy from one decode, as small as both allow."""
+        from imagenet_cls.transforms import reduction_limit
+
+        image = ImageFile(path)
+        box = self.transform.box(image.height, image.width)
+        display_scale = min(self.display_size[0] / image.width, self.display_size[1] / image.height)
+        limit = min(reduction_limit(box, self.input_size), 1 / display_scale)
+        pixels = image.decode(image.reduction(limit))
+        scale_y, scale_x = pixels.shape[1] / image.height, pixels.shape[2] / image.width
+        model_input = self.transform.resize_box(pixels, box, scale_y, scale_x)
+        return model_input, fit_within(pixels.permute(1, 2, 0).numpy(), self.display_size)
 
 
-def fit_within(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 (H, W, 3) copy of ``image`` scaled up or down to fit within ``size`` (W, H), aspect kept."""
+def fit_within(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 (H, W, 3) copy of ``image`` (H, W, 3) scaled up or down to fit within ``size`` (W, H), aspect kept."""
     import cv2
 
-    scale = min(size[0] / image.width, size[1] / image.height)
-    target = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    height, width = image.shape[:2]
+    scale = min(size[0] / width, size[1] / height)
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR  # OpenCV: ~10x faster than PIL here
-    return cv2.resize(np.asarray(image), target, interpolation=interpolation)
+    return cv2.resize(np.ascontiguousarray(image), target, interpolation=interpolation)
 
 
 def collate_predict(items: list[dict[str, Any]]) -> dict[str, Any]:

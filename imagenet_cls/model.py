@@ -256,11 +256,12 @@ class ClassificationModel(LightningModule):
         if not len(targets):
             return {"logits": torch.empty((0, self.hparams.num_classes), device=self.device)}
         logits = self(images)
-        self.log(f"{stage}_loss", F.cross_entropy(logits, targets), sync_dist=True, prog_bar=True)
+        size = len(targets)
+        self.log(f"{stage}_loss", F.cross_entropy(logits, targets), sync_dist=True, prog_bar=True, batch_size=size)
         acc(logits, targets)
         acc5(logits, targets)
-        self.log(f"{stage}_acc", acc, prog_bar=True)
-        self.log(f"{stage}_acc5", acc5)
+        self.log(f"{stage}_acc", acc, prog_bar=True, batch_size=size)
+        self.log(f"{stage}_acc5", acc5, batch_size=size)
         return {"logits": logits.detach()}
 
     def _mixup_on(self, batch_size: int) -> bool:

@@ -3,10 +3,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from imagenet_cls.datasets import PredictDataset, collate_predict, fit_within, resolve_predict_paths
 from imagenet_cls.errors import UserError
+from imagenet_cls.transforms import EvalTransform
 from tests.conftest import write_image
 
 
@@ -51,10 +51,8 @@ def test_predict_dataset_marks_bad_files_and_keeps_going(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_text("text")
 
-    def to_tensor(image):
-        return torch.from_numpy(np.array(image.resize((8, 8)))).permute(2, 0, 1)
-
-    dataset = PredictDataset([str(good), str(bad)], to_tensor, (8, 8), (800, 600))
+    transform = EvalTransform((8, 8), crop_pct=1.0, interpolation="bilinear")
+    dataset = PredictDataset([str(good), str(bad)], transform, (8, 8), (800, 600))
     batch = collate_predict([dataset[0], dataset[1]])
     assert batch["image"].shape == (2, 3, 8, 8) and batch["image"].dtype == torch.uint8
     assert batch["error"][0] == "" and "bad.jpg" in batch["error"][1]
@@ -66,5 +64,5 @@ def test_predict_dataset_marks_bad_files_and_keeps_going(tmp_path):
     ("size", "expected"), [((32, 32), (600, 600)), ((1600, 600), (800, 300)), ((10, 300), (20, 600))]
 )
 def test_display_copy_fits_within_800x600(size, expected):
-    shown = fit_within(Image.new("RGB", size), (800, 600))
+    shown = fit_within(np.zeros((size[1], size[0], 3), np.uint8), (800, 600))
     assert shown.shape[:2] == (expected[1], expected[0])

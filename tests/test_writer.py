@@ -8,7 +8,7 @@ import pytest
 
 from imagenet_cls.annotate import annotate
 from imagenet_cls.cli import main
-from imagenet_cls.writer import _relative_output_path, _safe_cell
+from imagenet_cls.writer import _relative_output_path, spreadsheet_safe
 from tests.conftest import FAST_TRAINER, TINY_MODEL, make_class_folders, write_image
 
 
@@ -30,9 +30,9 @@ def test_output_paths_mirror_the_tree_and_never_escape(tmp_path):
 
 
 def test_spreadsheet_formulas_are_defused():
-    assert _safe_cell("=cmd|' /C calc'!A0") == "'=cmd|' /C calc'!A0"
-    assert _safe_cell("@SUM(1)") == "'@SUM(1)" and _safe_cell("-2+3") == "'-2+3" and _safe_cell("cat") == "cat"
-    assert _safe_cell(3) == 3
+    assert spreadsheet_safe("=cmd|' /C calc'!A0") == "'=cmd|' /C calc'!A0"
+    assert spreadsheet_safe("@SUM(1)") == "'@SUM(1)" and spreadsheet_safe("-2+3") == "'-2+3" and spreadsheet_safe("cat") == "cat"
+    assert spreadsheet_safe(3) == 3
 
 
 @pytest.fixture(scope="module")

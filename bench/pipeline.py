@@ -1,0 +1,94 @@
+"""Issue 6: eval and train preprocessing per core against timm's and torchvision's, on the real sample images.
+
+Each pipeline runs in one thread over the same files (read from disk each time, as a DataLoader worker does);
+the best of two passes counts.
+"""
+
+from __future__ import annotations
+
+import time
+
+from bench.common import Result, sample_dir
+
+SIZE = 224
+CROP_PCT = 0.875
+
+
+def _rate(files: list[str], fn, passes: int = 2) -> float:
+    best = float("inf")
+    for _ in range(passes):
+        start = time.perf_counter()
+        for path in files:
+            fn(path)
+        best = min(best, time.perf_counter() - start)
+    return len(files) / best
+
+
+def _pipelines():
+    import torch
+    from PIL import Image
+    from timm.data import create_transform
+    from torchvision import transforms as T
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    from imagenet_cls.images import ImageFile
+    from imagenet_cls.transforms import create_eval_transform, create_train_transform
+
+    config = {"input_size": (3, SIZE, SIZE), "interpolation": "bicubic", "crop_pct": CROP_PCT}
+    timm_eval = create_transform(**config, is_training=False)  # PIL resize + crop + ToTensor + Normalize
+    our_eval = create_eval_transform(config)
+    # torchvision's reference recipe (references/classification/presets.py, ClassificationPresetTrain defaults)
+    tv_train = T.Compose(
+        [
+            T.RandomResizedCrop(SIZE, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+            T.RandomHorizontalFlip(0.5),
+            T.PILToTensor(),
+            T.ConvertImageDtype(torch.float),
+            T.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+        ]
+    )
+    our_train = create_train_transform({"input_size": (3, SIZE, SIZE), "interpolation": "bilinear"})
+
+    def pil_rgb(path):
+        with Image.open(path) as image:
+            return image.convert("RGB")
+
+    return {
+        "decode only (torchvision decode_jpeg)": lambda p: decode_jpeg(read_file(p), mode=ImageReadMode.RGB),
+        "timm eval transform": lambda p: timm_eval(pil_rgb(p)),
+        "ours eval": lambda p: our_eval(ImageFile(p)),
+        "torchvision reference train": lambda p: tv_train(pil_rgb(p)),
+        "ours train": lambda p: our_train(ImageFile(p)),
+    }
+
+
+def run() -> list[Result]:
+    import torch
+
+    torch.set_num_threads(1)
+    files = [str(p) for p in sorted(sample_dir().glob("*.JPEG"))]
+    rates = {name: _rate(files, fn) for name, fn in _pipelines().items()}
+    note = f"{len(files)} sample images, 1 thread, {SIZE}px"
+    return [
+        Result(
+            "eval preprocessing (ours vs timm eval)",
+            rates["ours eval"],
+            rates["timm eval transform"],
+            "img/s",
+            note=f"{note}, target >= 2.0",
+        ),
+        Result(
+            "eval preprocessing (ours vs decode only)",
+            rates["ours eval"],
+            rates["decode only (torchvision decode_jpeg)"],
+            "img/s",
+            note="target >= 0.7",
+        ),
+        Result(
+            "train preprocessing (ours vs torchvision ref)",
+            rates["ours train"],
+            rates["torchvision reference train"],
+            "img/s",
+            note=f"{note}, target >= 1.3",
+        ),
+    ]
