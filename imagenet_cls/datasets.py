@@ -102,8 +102,7 @@ class PredictDataset(Dataset):
         display_scale = min(self.display_size[0] / image.width, self.display_size[1] / image.height)
         limit = min(reduction_limit(box, self.input_size), 1 / display_scale)
         pixels = image.decode(image.reduction(limit))
-        scale_y, scale_x = pixels.shape[1] / image.height, pixels.shape[2] / image.width
-        model_input = self.transform.resize_box(pixels, box, scale_y, scale_x)
+        model_input = self.transform.from_pixels(pixels, image.height, image.width)
         return model_input, fit_within(pixels.permute(1, 2, 0).numpy(), self.display_size)
 
 

@@ -60,15 +60,18 @@ class _CropResize:
         y0, x0 = round(top * scale_y), round(left * scale_x)
         y1 = min(pixels.shape[1], max(y0 + 1, round((top + height) * scale_y)))
         x1 = min(pixels.shape[2], max(x0 + 1, round((left + width) * scale_x)))
-        region = pixels[:, y0:y1, x0:x1]
+        # Pixel-interleaved (channels-last) memory: torch's vectorised uint8 resize kernels run ~2x faster on it.
+        region = pixels[:, y0:y1, x0:x1].permute(1, 2, 0).contiguous().permute(2, 0, 1)
         if tuple(region.shape[1:]) == self.size:
-            return region.contiguous()
+            return region
         return F.resize(region, list(self.size), interpolation=self.interpolation, antialias=True)
 
 
 class EvalTransform(_CropResize):
     """timm's evaluation crop: resize the shorter side to ``size / crop_pct``, centre-crop ``size``.
 
+    The same pixels as timm's ``Resize`` + ``CenterCrop`` (the whole image is resized, then cropped: rounding the
+    crop to whole source pixels first changed 1.7% of EfficientNet-Lite0's predictions on the sample images).
     ``crop_mode`` ``squash`` resizes both sides to ``size / crop_pct`` first (timm's squash mode).
     """
 
@@ -78,19 +81,39 @@ class EvalTransform(_CropResize):
         self.crop_mode = crop_mode
 
     def __call__(self, image: ImageFile | Image.Image) -> torch.Tensor:
-        return self.crop_resize(image, self.box)
+        if isinstance(image, Image.Image):
+            pixels = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+            return self.from_pixels(pixels, image.height, image.width)
+        pixels = image.decode(image.reduction(reduction_limit(self.box(image.height, image.width), self.size)))
+        return self.from_pixels(pixels, image.height, image.width)
+
+    def from_pixels(self, pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The crop of ``pixels``: the image of upright size ``height`` x ``width``, possibly decoded smaller."""
+        from torchvision.transforms.v2 import functional as F
+
+        resized_h, resized_w = self.resized_size(height, width)
+        if tuple(pixels.shape[1:]) != (resized_h, resized_w):
+            interleaved = pixels.permute(1, 2, 0).contiguous().permute(2, 0, 1)  # see _CropResize.resize_box
+            pixels = F.resize(interleaved, [resized_h, resized_w], interpolation=self.interpolation, antialias=True)
+        top = int(round((resized_h - self.size[0]) / 2.0))
+        left = int(round((resized_w - self.size[1]) / 2.0))
+        return pixels[:, top : top + self.size[0], left : left + self.size[1]]  # a view; batching copies it
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size timm resizes an image of ``height`` x ``width`` to before the centre crop."""
+        if self.crop_mode == "squash":
+            return self.scale_size
+        if self.scale_size[0] != self.scale_size[1]:  # timm's ResizeKeepRatio
+            ratio = max(height / self.scale_size[0], width / self.scale_size[1])
+            return round(height / ratio), round(width / ratio)
+        # torchvision's Resize(int): the shorter side to scale_size, the longer side truncated
+        if height <= width:
+            return self.scale_size[0], int(self.scale_size[0] * width / height)
+        return int(self.scale_size[0] * height / width), self.scale_size[0]
 
     def box(self, height: int, width: int) -> Box:
-        """The centre crop, in source pixels (the same pixels timm's Resize + CenterCrop keep)."""
-        if self.crop_mode == "squash" or self.scale_size[0] != self.scale_size[1]:
-            resized_h, resized_w = self.scale_size
-            if self.crop_mode != "squash":  # timm's ResizeKeepRatio
-                ratio = max(height / resized_h, width / resized_w)
-                resized_h, resized_w = round(height / ratio), round(width / ratio)
-        else:  # torchvision Resize(int): shorter side to scale_size, longer side truncated
-            short, long = (height, width) if height <= width else (width, height)
-            new_short, new_long = self.scale_size[0], int(self.scale_size[0] * long / short)
-            resized_h, resized_w = (new_short, new_long) if height <= width else (new_long, new_short)
+        """The centre crop in source pixels (what decides how far a JPEG may be DCT-reduced)."""
+        resized_h, resized_w = self.resized_size(height, width)
         top = int(round((resized_h - self.size[0]) / 2.0))
         left = int(round((resized_w - self.size[1]) / 2.0))
         sy, sx = height / resized_h, width / resized_w

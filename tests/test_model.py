@@ -137,3 +137,26 @@ def test_real_mixup_on_flag():
     model = tiny(mixup_alpha=0.8, mixup_off_epoch=3)
     assert model._mixup_on(4) and not model._mixup_on(3)
     assert not tiny()._mixup_on(4)
+
+
+@pytest.mark.parametrize(
+    ("choice", "native", "bf16"),
+    [("auto", True, True), ("auto", False, False), ("32", True, False), ("bf16", False, True)],
+)
+def test_predict_precision_on_cpu(monkeypatch, choice, native, bf16):
+    import imagenet_cls.model as model_module
+
+    monkeypatch.setattr(model_module, "cpu_has_native_bf16", lambda: native)
+    model = tiny(predict_precision=choice).eval()
+    seen = []
+    model.backbone.register_forward_hook(
+        lambda m, i, o: seen.append((o.dtype, i[0].is_contiguous(memory_format=torch.channels_last)))
+    )
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        reference = model(images).softmax(-1)
+        seen.clear()
+        model.on_predict_start()
+        probs = model.predict_step({"image": images}, 0)
+    assert seen == [(torch.bfloat16 if bf16 else torch.float32, bf16)]
+    assert probs.dtype == torch.float32 and torch.allclose(probs, reference, atol=0.02 if bf16 else 1e-6)

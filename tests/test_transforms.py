@@ -65,8 +65,8 @@ def test_eval_transform_matches_timm_eval_crop(tmp_path, size):
     reference = timm_eval(load_rgb(path)).float()
     ours = create_eval_transform(config)(ImageFile(path)).float()
     assert ours.shape == reference.shape == (3, 96, 96)
-    # Crop edges rounded to whole source pixels (<= 0.5 px): 1-3 grey levels apart; a 2-px shift gives > 15.
-    assert (ours - reference).abs().mean() < 3.0
+    # torch's antialiased bicubic equals PIL's up to rounding; the 1200x900 JPEG is decoded at 1/2 scale.
+    assert (ours - reference).abs().mean() < (1.0 if max(size) > 1000 else 0.25)
     assert np.corrcoef(ours.flatten(), reference.flatten())[0, 1] > 0.99
 
 

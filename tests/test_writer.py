@@ -31,7 +31,11 @@ def test_output_paths_mirror_the_tree_and_never_escape(tmp_path):
 
 def test_spreadsheet_formulas_are_defused():
     assert spreadsheet_safe("=cmd|' /C calc'!A0") == "'=cmd|' /C calc'!A0"
-    assert spreadsheet_safe("@SUM(1)") == "'@SUM(1)" and spreadsheet_safe("-2+3") == "'-2+3" and spreadsheet_safe("cat") == "cat"
+    assert (
+        spreadsheet_safe("@SUM(1)") == "'@SUM(1)"
+        and spreadsheet_safe("-2+3") == "'-2+3"
+        and spreadsheet_safe("cat") == "cat"
+    )
     assert spreadsheet_safe(3) == 3
 
 
