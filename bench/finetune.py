@@ -5,11 +5,15 @@ from __future__ import annotations
 from bench.common import REPO, WORK, Result
 
 
-def _test_acc(*extra: str) -> float:
+def _test_acc(name: str, *extra: str) -> float:
+    import shutil
+
     from imagenet_cls.cli import ImageNetCLI
     from imagenet_cls.demo import export_digits
 
     export_digits(REPO / "dataset" / "digits")
+    root = WORK / f"finetune-{name}"
+    shutil.rmtree(root, ignore_errors=True)  # a fresh run each time (a fit refuses a folder with checkpoints)
     cli = ImageNetCLI(
         args=[
             "fit",
@@ -22,7 +26,7 @@ def _test_acc(*extra: str) -> float:
             "--trainer.enable_model_summary",
             "false",
             "--trainer.default_root_dir",
-            str(WORK / "finetune"),
+            str(root),
             *extra,
         ]
     )
@@ -30,8 +34,8 @@ def _test_acc(*extra: str) -> float:
 
 
 def run() -> list[Result]:
-    pretrained = _test_acc()
-    scratch = _test_acc("--model.pretrained", "false")
+    pretrained = _test_acc("pretrained")
+    scratch = _test_acc("scratch", "--model.pretrained", "false")
     return [
         Result(
             "digits test_acc, 3 epochs: pretrained vs scratch",
