@@ -81,12 +81,9 @@ def read_state_dict(path: Path) -> StateDict:
         from safetensors.torch import load_file
 
         return dict(load_file(str(path)))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure is the user's file
-        raise UserError(
-            f"--model.pretrained {path} cannot be read safely as weights: {error}".splitlines()[0]
-        ) from None
+    from imagenet_cls.checkpoints import load_checkpoint
+
+    obj = load_checkpoint(path, option="--model.pretrained")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
