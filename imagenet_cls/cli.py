@@ -236,10 +236,15 @@ class ImageNetCLI(LightningCLI):
             init_args = logger.get("init_args") or Namespace()
             if init_args.get("save_dir") in (None, "."):
                 init_args.save_dir = trainer.get("default_root_dir") or "."
-            if not init_args.get("offline") and not os.environ.get("WANDB_MODE") and not _wandb_api_key_present():
+            online = not init_args.get("offline") and not os.environ.get("WANDB_MODE")
+            reason = None
+            if online and not _wandb_api_key_present():
+                reason = "no API key found"
+            elif online:
+                reason = _wandb_unreachable()
+            if reason:
                 log.info(
-                    "W&B: no API key found; logging offline under %s (upload later with `wandb sync`)",
-                    init_args.save_dir,
+                    "W&B: %s; logging offline under %s (upload later with `wandb sync`)", reason, init_args.save_dir
                 )
                 init_args.offline = True
                 os.environ.setdefault("WANDB_SILENT", "true")  # our line above says it all; no banner
@@ -268,6 +273,16 @@ class ImageNetCLI(LightningCLI):
         ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run ``subcommand``; out-of-memory and a dead DataLoader worker become one-line errors with a remedy."""
+        try:
+            super()._run_subcommand(subcommand)
+        except RuntimeError as error:  # torch.OutOfMemoryError is a RuntimeError
+            message = _resource_failure(error, self.config[subcommand], self.trainer)
+            if message is None:
+                raise
+            raise UserError(f"{subcommand}: {message}") from None
+
     def predict(
         self,
         model: LightningModule,
@@ -277,6 +292,29 @@ class ImageNetCLI(LightningCLI):
     ) -> Any:
         """Predict without keeping every batch's output in memory, unless ``--return_predictions true``."""
         return self.trainer.predict(model, datamodule=datamodule, return_predictions=bool(return_predictions), **kwargs)
+
+
+def _resource_failure(error: RuntimeError, config: Namespace, trainer: Trainer) -> str | None:
+    """A one-line explanation of out-of-memory or a killed DataLoader worker; None for other errors."""
+    import torch
+
+    text = str(error)
+    first = text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
+    checkpoint = getattr(trainer, "checkpoint_callback", None)
+    last = Path(checkpoint.dirpath) / "last.ckpt" if checkpoint is not None and checkpoint.dirpath else None
+    kept = f"; the last checkpoint ({last}) is intact: resume with --ckpt_path last" if last and last.is_file() else ""
+    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text:
+        return (
+            f"out of memory ({first}): lower --data.batch_size (now {config.data.batch_size}) or use "
+            f"--trainer.precision bf16-mixed (now {config.trainer.precision}), with "
+            f"--trainer.accumulate_grad_batches to keep the effective batch size{kept}"
+        )
+    if "DataLoader worker" in text and ("exited unexpectedly" in text or "killed by signal" in text):
+        return (
+            f"a data-loading worker died ({first}), usually killed for lack of memory: lower --data.num_workers "
+            f"(now {config.data.num_workers}) or --data.batch_size{kept}"
+        )
+    return None
 
 
 def _refuse_reused_checkpoint_dir(trainer: Namespace) -> None:
@@ -353,6 +391,20 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _wandb_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the W&B server cannot be reached (a bounded TCP connect to WANDB_BASE_URL), or None when it can."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return None
+    except OSError as error:
+        return f"{url.hostname}:{port} unreachable ({error.strerror or type(error).__name__})"
+
+
 def _wandb_api_key_present() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -373,9 +425,21 @@ def main(args: list[str] | None = None) -> int:
     try:
         ImageNetCLI(args=args)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(error: UserError) -> str:
+    """The message of ``error``, one line.
+
+    A UserError re-raised from a DataLoader worker carries the worker's traceback: its last line is the message.
+    """
+    text = str(error).strip()
+    if "Original Traceback" not in text:
+        return text
+    last = text.splitlines()[-1]
+    return re.sub(r"^[\w.]*Error: ", "", last)
 
 
 def _configure_logging() -> None:

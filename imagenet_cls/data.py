@@ -41,6 +41,8 @@ class ImageNetDataModule(LightningDataModule):
         auto_augment: Training augmentation: a timm string (``rand-m9-mstd0.5-inc1`` RandAugment, ``augmix-m5``,
             ``original`` AutoAugment) or ``ta_wide`` (TrivialAugmentWide).
         color_jitter: Colour jitter strength in training (off when None).
+        sample_timeout: Seconds one image may take to read and preprocess before the run stops with an error naming
+            it (a hung network mount, a stuck read), instead of hanging; None: no limit.
         skip_bad_images: Skip files that cannot be decoded (each logged; ``val_images``/``test_images`` count the
             images metrics were computed over) instead of stopping with an error naming the file.
     """
@@ -62,6 +64,7 @@ class ImageNetDataModule(LightningDataModule):
         auto_augment: str | None = None,
         color_jitter: float | None = None,
         skip_bad_images: bool = False,
+        sample_timeout: float | None = 120.0,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir) if data_dir is not None else None
@@ -81,6 +84,7 @@ class ImageNetDataModule(LightningDataModule):
             "color_jitter": color_jitter,
         }
         self.skip_bad_images = skip_bad_images
+        self.sample_timeout = sample_timeout
         self.datasets: dict[str, Any] = {}
         self.predict_root: Path | None = None
 
@@ -139,7 +143,9 @@ class ImageNetDataModule(LightningDataModule):
                 raise UserError("predict needs --data.mode predict and --data.predict_path <file|folder|glob|list>")
             paths, self.predict_root = resolve_predict_paths(self.predict_path)
             input_size = tuple(data_config["input_size"][1:])
-            self.datasets["predict"] = PredictDataset(paths, create_eval_transform(data_config), input_size, (800, 600))
+            self.datasets["predict"] = PredictDataset(
+                paths, create_eval_transform(data_config), input_size, (800, 600), self.sample_timeout
+            )
             log.info("predict: %d images under %s", len(paths), self.predict_root)
             return
         if self.mode != "train":
@@ -149,11 +155,17 @@ class ImageNetDataModule(LightningDataModule):
         if stage == "fit":
             train_config = {**data_config, "input_size": self.trainer.lightning_module.train_input_size}
             train_transform = create_train_transform(train_config, **self.train_options)
-            self.datasets["train"] = ImageFileDataset(self.layout.samples("train"), train_transform, skip)
+            self.datasets["train"] = ImageFileDataset(
+                self.layout.samples("train"), train_transform, skip, self.sample_timeout
+            )
         if stage in ("fit", "validate"):
-            self.datasets["val"] = ImageFileDataset(self.layout.samples("val"), eval_transform, skip)
+            self.datasets["val"] = ImageFileDataset(
+                self.layout.samples("val"), eval_transform, skip, self.sample_timeout
+            )
         elif stage == "test":
-            self.datasets["test"] = ImageFileDataset(self.layout.samples("test"), eval_transform, skip)
+            self.datasets["test"] = ImageFileDataset(
+                self.layout.samples("test"), eval_transform, skip, self.sample_timeout
+            )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -29,10 +32,13 @@ class ImageFileDataset(Dataset):
     :func:`collate_skipping_bad` drops and reports. Another sample is never substituted.
     """
 
-    def __init__(self, samples: list[Sample], transform: Transform, skip_bad: bool = False) -> None:
+    def __init__(
+        self, samples: list[Sample], transform: Transform, skip_bad: bool = False, timeout: float | None = None
+    ) -> None:
         self.samples = samples
         self.transform = transform
         self.skip_bad = skip_bad
+        self.timeout = timeout
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -40,11 +46,36 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | BadSample:
         path, label = self.samples[index]
         try:
-            return self.transform(ImageFile(path)), label
+            with time_limit(self.timeout, path):
+                return self.transform(ImageFile(path)), label
         except UserError as error:
             if not self.skip_bad:
                 raise UserError(f"{error} (set --data.skip_bad_images true to skip such files)") from None
             return BadSample(path, str(error))
+
+
+@contextmanager
+def time_limit(seconds: float | None, path: str) -> Iterator[None]:
+    """Raise a UserError naming ``path`` when the block runs longer than ``seconds`` (a hung mount, a stuck read).
+
+    Uses SIGALRM, so it applies in a process's main thread: DataLoader workers and ``num_workers=0``.
+    """
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise UserError(
+            f"reading {path} took over {seconds:g} s: check the file and its storage (--data.sample_timeout)"
+        )
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class BadSample(NamedTuple):
@@ -74,8 +105,14 @@ class PredictDataset(Dataset):
     """
 
     def __init__(
-        self, paths: list[str], transform: EvalTransform, input_size: tuple[int, int], display_size: tuple[int, int]
+        self,
+        paths: list[str],
+        transform: EvalTransform,
+        input_size: tuple[int, int],
+        display_size: tuple[int, int],
+        timeout: float | None = None,
     ) -> None:
+        self.timeout = timeout
         self.paths = paths
         self.transform = transform
         self.input_size = input_size
@@ -87,7 +124,8 @@ class PredictDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.paths[index]
         try:
-            model_input, display = self._decode(path)
+            with time_limit(self.timeout, path):
+                model_input, display = self._decode(path)
         except UserError as error:
             blank = torch.zeros((3, *self.input_size), dtype=torch.uint8)
             return {"image": blank, "index": index, "path": path, "display": None, "error": str(error)}

@@ -1,0 +1,135 @@
+"""Injected faults end in the stated outcome: one-line errors with a remedy, bounded time, nothing lost."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from imagenet_cls.cli import main
+from tests.conftest import FAST_TRAINER, TINY_MODEL
+
+CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
+
+
+def _fit_args(data: Path, root: Path, *extra: str, logger: bool = False) -> list[str]:
+    """A short CPU fit; ``logger=True`` keeps the default W&B logger (FAST_TRAINER turns it off)."""
+    trainer = list(FAST_TRAINER)
+    if logger:
+        at = trainer.index("--trainer.logger")
+        del trainer[at : at + 2]
+    common = ["--data.data_dir", str(data), "--data.num_workers", "0", "--data.batch_size", "4"]
+    return ["fit", *TINY_MODEL, *trainer, *common, "--trainer.default_root_dir", str(root),
+            "--test_after_fit", "false", *extra]  # fmt: skip
+
+
+def _callbacks_yaml(path: Path, *entries: str) -> Path:
+    path.write_text(
+        "trainer:\n  callbacks:\n  - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "    init_args: {monitor: val_loss, mode: min, save_last: true}\n" + "".join(entries)
+    )
+    return path
+
+
+def test_out_of_memory_is_one_line_with_a_remedy_and_keeps_the_last_checkpoint(class_folders, tmp_path, capsys):
+    root = tmp_path / "runs"
+    config = _callbacks_yaml(
+        tmp_path / "oom.yaml", "  - class_path: tests.faults.RaiseOutOfMemory\n    init_args: {at_step: 12}\n"
+    )
+    code = main(_fit_args(class_folders, root, "--config", str(config), "--trainer.max_epochs", "10"))
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and error.startswith("error: fit: out of memory (CUDA out of memory.")
+    assert "--data.batch_size (now 4)" in error and "bf16-mixed" in error and "is intact" in error
+    last = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] > 0  # the checkpoint of the last finished epoch, loadable
+
+
+def _poisoned(monkeypatch, name: str, action) -> None:
+    from imagenet_cls.images import ImageFile
+
+    original = ImageFile.decode
+
+    def decode(self, reduction=1):
+        if self.path.endswith(name):
+            action()
+        return original(self, reduction)
+
+    monkeypatch.setattr(ImageFile, "decode", decode)  # DataLoader workers are forked: they inherit it
+
+
+def test_a_hung_read_stops_with_an_error_naming_the_file(class_folders, tmp_path, monkeypatch, capsys):
+    _poisoned(monkeypatch, "n00000002/img_003.jpg", lambda: time.sleep(120))
+    started = time.monotonic()
+    args = ["validate", *TINY_MODEL, *FAST_TRAINER, "--data.data_dir", str(class_folders),
+            "--data.num_workers", "1", "--data.sample_timeout", "2", "--data.split", "[0.0, 1.0, 0.0]"]  # fmt: skip
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert time.monotonic() - started < 60
+    assert error.startswith("error: reading ") and "n00000002/img_003.jpg took over 2 s" in error
+
+
+def test_a_killed_worker_is_a_one_line_error(class_folders, tmp_path, monkeypatch, capsys):
+    _poisoned(monkeypatch, "n00000002/img_003.jpg", lambda: os.kill(os.getpid(), signal.SIGKILL))
+    args = ["validate", *TINY_MODEL, *FAST_TRAINER, "--data.data_dir", str(class_folders),
+            "--data.num_workers", "1", "--data.split", "[0.0, 1.0, 0.0]"]  # fmt: skip
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: validate: a data-loading worker died") and "--data.num_workers (now 1)" in error
+
+
+def test_a_nonfinite_validation_is_never_the_best_checkpoint(class_folders, tmp_path):
+    root = tmp_path / "runs"
+    config = _callbacks_yaml(
+        tmp_path / "nan.yaml", "  - class_path: tests.faults.NonFiniteValidation\n    init_args: {epoch: 1}\n"
+    )
+    assert main(_fit_args(class_folders, root, "--config", str(config), "--trainer.max_epochs", "3")) == 0
+    (best,) = [p for p in (root / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+    saved = torch.load(best, weights_only=True)
+    callback_state = next(v for k, v in saved["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert torch.isfinite(torch.as_tensor(callback_state["best_model_score"]))
+    assert saved["epoch"] != 1
+
+
+def test_unreachable_wandb_goes_offline_quickly_and_keeps_the_key_out_of_outputs(class_folders, tmp_path):
+    key = "0123456789abcdef0123456789abcdef01234567"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env |= {"WANDB_API_KEY": key, "WANDB_BASE_URL": "http://127.0.0.1:9", "HOME": str(tmp_path)}
+    root = tmp_path / "runs"
+    args = [a for a in _fit_args(class_folders, root, "--trainer.max_epochs", "1") if a not in ("--trainer.logger",)]
+    args = (
+        args[: args.index("false", args.index("--trainer.enable_progress_bar") - 2)]
+        + args[args.index("false", args.index("--trainer.enable_progress_bar") - 2) + 1 :]
+    )
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, CLI, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert time.monotonic() - started < 120
+    assert "W&B: 127.0.0.1:9 unreachable" in result.stderr and list((root / "wandb").glob("offline-run-*"))
+    for output in root.rglob("*"):
+        if output.is_file() and output.suffix in (".yaml", ".ckpt", ".json", ".csv"):
+            assert key.encode() not in output.read_bytes(), output
+
+
+def test_second_sigint_exits_at_once(class_folders, tmp_path):
+    started = tmp_path / "batch-started"
+    config = _callbacks_yaml(
+        tmp_path / "slow.yaml",
+        f"  - class_path: tests.faults.SlowBatches\n    init_args: {{seconds: 3, started_file: {started}}}\n"
+        "  - class_path: imagenet_cls.signals.GracefulShutdown\n",
+    )
+    args = _fit_args(class_folders, tmp_path / "runs", "--config", str(config), "--trainer.max_epochs", "5")
+    process = subprocess.Popen([sys.executable, CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # inside a 3-second batch
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and time.monotonic() - sent < 2.0, stderr[-2000:]
+    assert "saving a checkpoint after this batch" in stderr and "checkpoint saved" not in stderr
