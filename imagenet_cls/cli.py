@@ -40,7 +40,7 @@ DEFAULT_CALLBACKS = [
 DEFAULT_LOGGER = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "ImageNet"}}
 MIXED_PRECISIONS = {"16", "16-mixed", "bf16", "bf16-mixed", "transformer-engine", "transformer-engine-float16"}
 CHECKED_HPARAMS = ("model_name", "num_classes", "image_size")
-FIT_ONLY_CALLBACKS = ("ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "GracefulShutdown")
+FIT_ONLY_CALLBACKS = ("ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "GracefulShutdown", "ResumeState")
 NAMED_CKPT_PATHS = {"last", "best", "hpc", "registry"}
 
 
@@ -118,8 +118,16 @@ class ImageNetCLI(LightningCLI):
                 default=True,
                 help="After fit, test the best checkpoint when the data has a test split.",
             )
+            parser.add_argument(
+                "--checkpoint_every_n_steps",
+                type=int | None,
+                default=None,
+                help="Also save last.ckpt every N optimizer steps, with the data position and random states, so a "
+                "run killed mid-epoch resumes exactly with --ckpt_path last.",
+            )
+            own = ("test_after_fit", "checkpoint_every_n_steps")
             self._subcommand_method_arguments[subcommand] = [
-                a for a in self._subcommand_method_arguments[subcommand] if a != "test_after_fit"
+                a for a in self._subcommand_method_arguments[subcommand] if a not in own
             ]
         return parser
 
@@ -169,6 +177,7 @@ class ImageNetCLI(LightningCLI):
         self._resolve_classes(config, ckpt_path)
         if self.subcommand == "fit":
             self._name_checkpoints(config)
+            _add_resume_state(config)
             if not ckpt_path:
                 _refuse_reused_checkpoint_dir(config.trainer)
         else:
@@ -292,6 +301,19 @@ class ImageNetCLI(LightningCLI):
     ) -> Any:
         """Predict without keeping every batch's output in memory, unless ``--return_predictions true``."""
         return self.trainer.predict(model, datamodule=datamodule, return_predictions=bool(return_predictions), **kwargs)
+
+
+def _add_resume_state(config: Namespace) -> None:
+    """Every fit saves its random states and data position (ResumeState), whatever callbacks the YAML lists."""
+    callbacks = _as_list(config.trainer.get("callbacks"))
+    every = config.get("checkpoint_every_n_steps")
+    for callback in callbacks:
+        if _named(callback).endswith("ResumeState"):
+            if every is not None and isinstance(callback, Namespace):
+                callback.init_args = Namespace(every_n_steps=every)
+            return
+    callbacks.append(Namespace(class_path="imagenet_cls.resume.ResumeState", init_args=Namespace(every_n_steps=every)))
+    config.trainer.callbacks = callbacks
 
 
 def _resource_failure(error: RuntimeError, config: Namespace, trainer: Trainer) -> str | None:

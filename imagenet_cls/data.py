@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from functools import cached_property
 from pathlib import Path
@@ -87,6 +88,8 @@ class ImageNetDataModule(LightningDataModule):
         self.sample_timeout = sample_timeout
         self.datasets: dict[str, Any] = {}
         self.predict_root: Path | None = None
+        self.order_seed: int | None = None  # the training order's seed, kept in checkpoints
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     # ---- classes -------------------------------------------------------------------------------------------
     @cached_property
@@ -168,9 +171,44 @@ class ImageNetDataModule(LightningDataModule):
             )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(
-            self.datasets["train"], shuffle=True, drop_last=len(self.datasets["train"]) > self.batch_size
-        )
+        """Training batches, shuffled by a :class:`ResumableSampler`.
+
+        The order depends only on the seed and the epoch; a run resumed from a mid-epoch checkpoint continues with
+        the batch after the last one done.
+        """
+        from imagenet_cls.resume import ResumableSampler
+
+        if self.order_seed is None:
+            self.order_seed = torch.initial_seed() % 2**31  # seed_everything's seed
+        dataset = self.datasets["train"]
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(len(dataset), self.order_seed, num_replicas=world, rank=rank)
+        drop_last = len(dataset) > self.batch_size
+        if self._resume_at is not None:
+            # Lightning makes this loader's first iterator before it sets the epoch: set it here.
+            epoch, batches = self._resume_at
+            per_epoch = len(sampler) // self.batch_size if drop_last else math.ceil(len(sampler) / self.batch_size)
+            if batches < per_epoch:  # a mid-epoch checkpoint: continue after the batches done
+                sampler.set_epoch(epoch)
+                sampler.resume_at(epoch, batches * self.batch_size)
+            else:  # an end-of-epoch checkpoint: the next epoch
+                sampler.set_epoch(epoch + 1)
+            self._resume_at = None
+        return self._loader(dataset, sampler=sampler, drop_last=drop_last)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training order's seed and how far into the current epoch training got (saved in checkpoints)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or self.order_seed is None:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"order_seed": self.order_seed, "epoch": trainer.current_epoch, "batches_done": progress.processed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "order_seed" in state_dict:
+            self.order_seed = state_dict["order_seed"]
+            self._resume_at = (state_dict["epoch"], state_dict["batches_done"])
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["val"])
@@ -183,7 +221,7 @@ class ImageNetDataModule(LightningDataModule):
 
         return self._loader(self.datasets["predict"], collate_fn=collate_predict)
 
-    def _loader(self, dataset, shuffle: bool = False, drop_last: bool = False, collate_fn=None) -> DataLoader:
+    def _loader(self, dataset, sampler=None, drop_last: bool = False, collate_fn=None) -> DataLoader:
         if collate_fn is None and self.skip_bad_images:
             from imagenet_cls.datasets import collate_skipping_bad
 
@@ -191,8 +229,10 @@ class ImageNetDataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
+            # Its own generator: creating iterators (worker seeds) never draws from the global random state.
+            generator=torch.Generator().manual_seed(self.split_seed),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

@@ -43,7 +43,17 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | BadSample:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int] | BadSample:
+        """Item ``index``; ``(index, seed)`` (from :class:`ResumableSampler`) draws its augmentations from ``seed``."""
+        if isinstance(index, tuple):
+            from imagenet_cls.resume import seeded
+
+            index, seed = index
+            with seeded(seed):
+                return self._item(index)
+        return self._item(index)
+
+    def _item(self, index: int) -> tuple[torch.Tensor, int] | BadSample:
         path, label = self.samples[index]
         try:
             with time_limit(self.timeout, path):

@@ -6,9 +6,10 @@ import logging
 import os
 import signal
 import threading
-from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+
+from imagenet_cls.resume import save_last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -37,27 +38,27 @@ class GracefulShutdown(Callback):
         log.warning("%s received: saving a checkpoint after this batch, then exiting", signal.Signals(signum).name)
         self.received = signum
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: object) -> None:
-        if self.received is None:
-            return
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, *args: object) -> None:
+        # At the start of the next batch, every callback has finished the previous one (EMA updated ...).
+        if self.received is not None:
+            self._save_and_exit(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A signal during the last batch or validation: the final checkpoints are written; still exit 128 + signal.
+        self._restore()
+        if self.received is not None:
+            signum = self.received
+            log.warning("training finished; exiting for %s", signal.Signals(signum).name)
+            raise SystemExit(128 + signum)
+
+    def _save_and_exit(self, trainer: Trainer) -> None:
         signum = self.received
-        path = self._last_path(trainer)
-        trainer.save_checkpoint(path)  # atomic: Lightning writes to a temporary file and renames it
+        path = save_last_checkpoint(trainer)  # atomic: Lightning writes to a temporary file and renames it
         log.warning("checkpoint saved to %s; resume with --ckpt_path last", path)
         self._restore()
         raise SystemExit(128 + signum)
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._restore()
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
-
-    @staticmethod
-    def _last_path(trainer: Trainer) -> Path:
-        checkpoint = trainer.checkpoint_callback
-        if checkpoint is not None and checkpoint.dirpath:
-            return Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
-        return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"

@@ -1,0 +1,145 @@
+"""Exact resume in the middle of an epoch.
+
+A data order that can skip what was done, per-sample random seeds, and the RNG states of the training process saved
+in every checkpoint.
+
+How the pieces fit: :class:`ResumableSampler` draws each epoch's order from ``(seed, epoch)`` alone and hands each
+sample its own seed, so augmentations do not depend on which worker ran before; the data module saves how many
+batches of the epoch were done and makes the sampler skip them on resume; :class:`ResumeState` (a callback) saves a
+checkpoint every N optimizer steps with the torch, NumPy and Python RNG states, and puts them back when training
+resumes. Lightning restores weights, optimizer, schedule, EMA, early stopping and its loops.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch.utils.data import DistributedSampler
+
+
+class ResumableSampler(DistributedSampler):
+    """Shuffled ``(index, sample_seed)`` pairs for one process of ``num_replicas``, reproducible per epoch.
+
+    The order depends only on ``seed`` and the epoch (set by Lightning through ``set_epoch``), never on the
+    global random state; :meth:`resume_at` makes the next iteration of that epoch skip its first batches.
+    A DistributedSampler, so Lightning does not wrap it under DDP.
+    """
+
+    def __init__(self, dataset_size: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(range(dataset_size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self._skip: tuple[int, int] | None = None  # (epoch, samples of this process to skip)
+
+    def resume_at(self, epoch: int, samples: int) -> None:
+        """Skip the first ``samples`` of this process when epoch ``epoch`` is iterated next."""
+        self._skip = (epoch, samples)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(super().__iter__())
+        first = 0
+        if self._skip is not None and self._skip[0] == self.epoch:
+            first = self._skip[1]
+        self._skip = None
+        for position in range(first, len(indices)):
+            index = indices[position]
+            yield index, sample_seed(self.seed, self.epoch, index)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A seed for one sample in one epoch (augmentations draw from it)."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch, NumPy and Python's ``random`` seeded by ``seed``; their states are restored after."""
+    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+
+
+class ResumeState(Callback):
+    """Saves ``last.ckpt`` at every epoch end and every ``every_n_steps`` optimizer steps, with the RNG states.
+
+    A run killed at any point (even ``kill -9``) and resumed with ``--ckpt_path last`` continues exactly: the same
+    batches in the same order, the same augmentations and mixup draws (bitwise on CPU with
+    ``--trainer.deterministic true``).
+
+    Args:
+        every_n_steps: Optimizer steps between mid-epoch checkpoints (None: at epoch ends only).
+    """
+
+    def __init__(self, every_n_steps: int | None = None) -> None:
+        self.every_n_steps = every_n_steps
+        self._pending_rng: dict[str, Any] | None = None
+        self._last_saved_step = -1
+
+    def state_dict(self) -> dict[str, Any]:
+        numpy_state = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),
+            "random": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_rng = state_dict  # put back when training resumes, after everything that ran before it
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._pending_rng is not None:  # the first batch after a resume: the random states of the checkpoint
+            state, self._pending_rng = self._pending_rng, None
+            torch.set_rng_state(state["torch"])
+            name, keys, *rest = state["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+            random.setstate(state["random"])
+            return
+        step = trainer.global_step
+        if self.every_n_steps and step and step % self.every_n_steps == 0 and step != self._last_saved_step:
+            # Saved here, not at the end of the previous batch: every callback (EMA ...) has finished that step.
+            self._last_saved_step = step
+            save_last_checkpoint(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning 2.6's ModelCheckpoint rewrites last.ckpt only when it also saves a top-k one: keep it current.
+        if not trainer.sanity_checking:
+            save_last_checkpoint(trainer)
+
+
+def last_checkpoint_path(trainer: Trainer) -> Path:
+    """Where ``last.ckpt`` of this run goes: beside the ModelCheckpoint's files, else ``<root>/checkpoints``."""
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.dirpath:
+        return Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+
+def save_last_checkpoint(trainer: Trainer) -> Path:
+    """Write ``last.ckpt`` (atomically, as Lightning does) as the ModelCheckpoint's own last checkpoint.
+
+    The ModelCheckpoint is told first that the file is its own, so its next epoch-end save replaces it instead of
+    writing ``last-v1.ckpt`` beside it.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    path = last_checkpoint_path(trainer)
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath == str(path.parent):
+            callback.last_model_path = str(path)
+    trainer.save_checkpoint(path)
+    return path
