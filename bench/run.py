@@ -8,8 +8,16 @@ import time
 
 from bench.common import REPO, WORK, format_table, machine, sample_dir, write_results
 
-BENCHMARKS = ["bench.startup", "bench.predict", "bench.pretrained", "bench.finetune"]
-NEEDS_SAMPLE = {"bench.predict", "bench.pretrained"}
+BENCHMARKS = [
+    "bench.startup",
+    "bench.pipeline",
+    "bench.predict",
+    "bench.pretrained",
+    "bench.fit_overhead",
+    "bench.memory",
+    "bench.finetune",
+]
+NEEDS_SAMPLE = {"bench.pipeline", "bench.predict", "bench.pretrained"}
 
 
 def main() -> int:

@@ -9,7 +9,7 @@ import time
 from bench.common import REPO, Result
 
 
-def _best_of(command: list[str], repeats: int = 3) -> float:
+def _best_of(command: list[str], repeats: int = 2) -> float:
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -28,6 +28,6 @@ def run() -> list[Result]:
             lightning,
             "s",
             higher_is_better=False,
-            note="best of 3",
+            note="best of 2",
         )
     ]

@@ -150,9 +150,10 @@ class ImageNetCLI(LightningCLI):
             return
         if not Path(ckpt_path).is_file():
             raise MissingPathError(f"--ckpt_path {ckpt_path} is not a file: give a .ckpt written by fit")
-        hparams = dict(
-            load_checkpoint(Path(ckpt_path), trusted=config.get("weights_only") is False).get("hyper_parameters", {})
-        )
+        trusted = config.get("weights_only") is False
+        hparams = dict(load_checkpoint(Path(ckpt_path), trusted=trusted).get("hyper_parameters", {}))
+        if "weights_only" in config and not trusted:
+            config.weights_only = True  # Lightning's own load of the file: as safe as ours (its default is False)
         hparams.pop("_instantiator", None)
         hparams.pop("_class_path", None)
         if not hparams:
@@ -280,7 +281,7 @@ class ImageNetCLI(LightningCLI):
             return
         checkpoint = self.trainer.checkpoint_callback
         ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run ``subcommand``; out-of-memory and a dead DataLoader worker become one-line errors with a remedy."""
@@ -304,7 +305,12 @@ class ImageNetCLI(LightningCLI):
 
 
 def _add_resume_state(config: Namespace) -> None:
-    """Every fit saves its random states and data position (ResumeState), whatever callbacks the YAML lists."""
+    """Every fit saves its random states and data position (ResumeState), whatever callbacks the YAML lists.
+
+    Not with ``--trainer.enable_checkpointing false``: then nothing is saved.
+    """
+    if config.trainer.get("enable_checkpointing") is False:
+        return
     callbacks = _as_list(config.trainer.get("callbacks"))
     every = config.get("checkpoint_every_n_steps")
     for callback in callbacks:

@@ -95,6 +95,7 @@ def run_demo(data_dir: Path, config: Path, root_dir: Path) -> dict[str, float]:
         f"{time.perf_counter() - started:.0f} s for fit + test + predict\n"
         f"  best checkpoint : {best}\n"
         f"  run folder      : {Path(best).parent.parent} (config.yaml, checkpoints/)\n"
+        f"  evaluation      : {Path(best).parent.parent / 'report'} (per-class CSV, confusion matrix, mistakes)\n"
         f"  W&B (offline)   : {Path(root_dir) / 'wandb'}\n"
         f"  predictions     : {output_dir / 'predictions.csv'}\n"
         f"  annotated images: {output_dir / 'images'}"

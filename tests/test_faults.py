@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from imagenet_cls.cli import main
@@ -133,3 +134,26 @@ def test_second_sigint_exits_at_once(class_folders, tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and time.monotonic() - sent < 2.0, stderr[-2000:]
     assert "saving a checkpoint after this batch" in stderr and "checkpoint saved" not in stderr
+
+
+def test_a_checkpoint_write_that_fails_midway_keeps_the_previous_file(tmp_path, monkeypatch):
+    """A full disk while writing last.ckpt: the previous checkpoint stays whole (Lightning's transactional write)."""
+    import fsspec.implementations.local as local
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    path = tmp_path / "last.ckpt"
+    io = TorchCheckpointIO()
+    io.save_checkpoint({"global_step": 1, "weights": torch.ones(10)}, path)
+    written = []
+
+    def write_then_fail(self, data):
+        written.append(len(data))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(local.LocalFileOpener, "write", write_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"global_step": 2, "weights": torch.zeros(10_000)}, path)
+    monkeypatch.undo()
+    assert written  # the write really was attempted
+    assert torch.load(path, weights_only=True)["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no half-written file left beside it
