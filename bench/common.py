@@ -103,11 +103,11 @@ print(json.dumps({{"seconds": time.perf_counter() - start}}))
 """
 
 
-def timm_reference() -> tuple[float, Path]:
+def timm_reference(work: Path = WORK) -> tuple[float, Path]:
     """timm's inference.py loop over the sample with the pretrained Lite0 (run once per ``make bench``, cached):
     its seconds and its CSV of top-5 class ids per file (timm's own eval preprocessing, float32)."""
-    out = WORK / "timm_inference.csv"
-    timing = WORK / "timm_inference.json"
+    out = work / "timm_inference.csv"
+    timing = work / "timm_inference.json"
     if not timing.exists():
         stdout = run_python(TIMM_INFERENCE.format(folder=str(sample_dir()), out=str(out)))
         timing.write_text(stdout.strip().splitlines()[-1])

@@ -7,12 +7,12 @@ from pathlib import Path
 from bench.common import REPO, WORK, Result, sample_as_val_folders, timm_reference
 
 
-def timm_top1(data_dir: Path) -> tuple[float, int]:
+def timm_top1(data_dir: Path, work: Path = WORK) -> tuple[float, int]:
     """timm's evaluation of the same weights (its inference.py loop, ``create_transform`` from
     ``resolve_data_config``), scored against the sample's wnids in sorted order (the head's order)."""
     import pandas as pd
 
-    _, csv = timm_reference()
+    _, csv = timm_reference(work)
     rows = pd.read_csv(csv)
     wnids = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
     truth = rows["filename"].map(lambda name: wnids.index(name.split("_")[0]))

@@ -89,9 +89,11 @@ def write_gallery(path: Path, mistakes: list[tuple[str, str, str, float]], title
     columns = min(4, len(mistakes))
     rows = -(-len(mistakes) // columns)
     caption = 64
-    header = 44
-    canvas = np.full((header + rows * (tile + caption), columns * tile, 3), 255, np.uint8)
-    _text(canvas, _shorten(f"most confident mistakes - {title}", 120), (8, 28), 0.5, BLACK, 1)
+    header = 56
+    width = columns * tile
+    canvas = np.full((header + rows * (tile + caption), width, 3), 255, np.uint8)
+    _text(canvas, _fitting("most confident mistakes", width - 16, 0.55), (8, 22), 0.55, BLACK, 1)
+    _text(canvas, _fitting(title, width - 16, 0.45), (8, 44), 0.45, GREY)
     for n, (image_path, true, predicted, prob) in enumerate(mistakes):
         x, y = (n % columns) * tile, header + (n // columns) * (tile + caption)
         try:

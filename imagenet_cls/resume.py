@@ -141,5 +141,5 @@ def save_last_checkpoint(trainer: Trainer) -> Path:
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath == str(path.parent):
             callback.last_model_path = str(path)
-    trainer.save_checkpoint(path)
+    trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint (optimizer, loops, callbacks)
     return path

@@ -32,11 +32,11 @@ def test_prepared_sample_is_a_1000_class_layout(prepared):
     assert (report["problem"] == "grayscale").sum() == 23  # the sample has 23 grayscale JPEGs
 
 
-def test_validate_pretrained_lite0_agrees_with_timm(prepared):
+def test_validate_pretrained_lite0_agrees_with_timm(prepared, tmp_path):
     from bench.pretrained import our_top1, timm_top1
 
     ours = our_top1(prepared)  # python cli.py validate --config config/efficientnet_lite0.yaml --data.data_dir ...
-    theirs, count = timm_top1(prepared / "val")
+    theirs, count = timm_top1(prepared / "val", work=tmp_path)
     assert count == 1000
     assert abs(ours - theirs) <= 0.002, (ours, theirs)
     assert ours > 0.85

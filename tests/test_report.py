@@ -62,7 +62,7 @@ def test_validate_writes_the_report_for_many_classes(tmp_path, capsys):
     mistakes = round(70 * (1 - val_acc))
     gallery = cv2.imread(str(report / "misclassified.jpg"))
     rows_of_tiles = -(-min(16, mistakes) // 4)
-    assert gallery.shape[0] == 44 + rows_of_tiles * (224 + 64)
+    assert gallery.shape[0] == 56 + rows_of_tiles * (224 + 64)
 
 
 def test_the_report_is_a_default_callback_that_can_be_dropped(class_folders, tmp_path):
