@@ -44,10 +44,12 @@ def _ours(args: list[str]) -> dict:
     return json.loads(run_python(OURS.format(args=args)).strip().splitlines()[-1])
 
 
-def _predict_args(folder: Path, output: Path, *extra: str) -> list[str]:
+def _predict_args(
+    folder: Path, output: Path, model: list[str] = LITE0, workers: int = 2, extra: tuple[str, ...] = ()
+) -> list[str]:
     return [
         "predict",
-        *LITE0,
+        *model,
         "--data.mode",
         "predict",
         "--data.predict_path",
@@ -55,7 +57,7 @@ def _predict_args(folder: Path, output: Path, *extra: str) -> list[str]:
         "--data.batch_size",
         "64",
         "--data.num_workers",
-        "2",
+        str(workers),
         "--writer.output_dir",
         str(output),
         "--trainer.enable_progress_bar",
@@ -92,29 +94,8 @@ def memory(small: int = 500, large: int = 5000) -> Result:
     peaks = {}
     for count in (small, large):
         folder = linked_copies(count)
-        peaks[count] = _ours(
-            [
-                "predict",
-                "--model.model_name",
-                "test_resnet",
-                "--model.num_classes",
-                "1000",
-                "--model.image_size",
-                "64",
-                "--data.mode",
-                "predict",
-                "--data.predict_path",
-                str(folder),
-                "--data.batch_size",
-                "64",
-                "--data.num_workers",
-                "0",
-                "--writer.output_dir",
-                str(WORK / f"out_mem{count}"),
-                "--trainer.enable_progress_bar",
-                "false",
-            ]
-        )["peak_rss_mb"]
+        tiny = ["--model.model_name", "test_resnet", "--model.num_classes", "1000", "--model.image_size", "64"]
+        peaks[count] = _ours(_predict_args(folder, WORK / f"out_mem{count}", model=tiny, workers=0))["peak_rss_mb"]
     return Result(
         f"predict peak RSS, {large} vs {small} images",
         peaks[large],
