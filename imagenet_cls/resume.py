@@ -98,9 +98,6 @@ class ResumeState(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending_rng = state_dict  # put back when training resumes, after everything that ran before it
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._trainer = trainer
-
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._pending_rng is not None:  # the first batch after a resume: the random states of the checkpoint
             state, self._pending_rng = self._pending_rng, None
