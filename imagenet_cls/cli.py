@@ -328,9 +328,10 @@ def _resource_failure(error: RuntimeError, config: Namespace, trainer: Trainer) 
 
     text = str(error)
     first = text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
-    checkpoint = getattr(trainer, "checkpoint_callback", None)
-    last = Path(checkpoint.dirpath) / "last.ckpt" if checkpoint is not None and checkpoint.dirpath else None
-    kept = f"; the last checkpoint ({last}) is intact: resume with --ckpt_path last" if last and last.is_file() else ""
+    from imagenet_cls.resume import last_checkpoint_path
+
+    last = last_checkpoint_path(trainer)
+    kept = f"; the last checkpoint ({last}) is intact: resume with --ckpt_path last" if last.is_file() else ""
     if isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text:
         return (
             f"out of memory ({first}): lower --data.batch_size (now {config.data.batch_size}) or use "

@@ -145,10 +145,8 @@ class ImageNetDataModule(LightningDataModule):
             if self.mode != "predict" or not self.predict_path:
                 raise UserError("predict needs --data.mode predict and --data.predict_path <file|folder|glob|list>")
             paths, self.predict_root = resolve_predict_paths(self.predict_path)
-            input_size = tuple(data_config["input_size"][1:])
-            self.datasets["predict"] = PredictDataset(
-                paths, create_eval_transform(data_config), input_size, (800, 600), self.sample_timeout
-            )
+            transform = create_eval_transform(data_config)
+            self.datasets["predict"] = PredictDataset(paths, transform, (800, 600), self.sample_timeout)
             log.info("predict: %d images under %s", len(paths), self.predict_root)
             return
         if self.mode != "train":

@@ -110,22 +110,20 @@ class PredictDataset(Dataset):
 
     Item ``i`` is a dict with the model input ``image``, its ``index``, the file ``path``, a ``display`` copy
     (RGB uint8 array scaled to fit within ``display_size``, for the annotated output) and ``error`` ("" when the
-    file decoded). A file
-    that cannot be decoded yields a zero image and its error, so one bad file does not stop the run.
+    file decoded). A file that cannot be decoded yields a zero image and its error, so one bad file does not stop the
+    run.
     """
 
     def __init__(
         self,
         paths: list[str],
         transform: EvalTransform,
-        input_size: tuple[int, int],
         display_size: tuple[int, int],
         timeout: float | None = None,
     ) -> None:
         self.timeout = timeout
         self.paths = paths
         self.transform = transform
-        self.input_size = input_size
         self.display_size = display_size
 
     def __len__(self) -> int:
@@ -137,18 +135,15 @@ class PredictDataset(Dataset):
             with time_limit(self.timeout, path):
                 model_input, display = self._decode(path)
         except UserError as error:
-            blank = torch.zeros((3, *self.input_size), dtype=torch.uint8)
+            blank = torch.zeros((3, *self.transform.size), dtype=torch.uint8)
             return {"image": blank, "index": index, "path": path, "display": None, "error": str(error)}
         return {"image": model_input, "index": index, "path": path, "display": display, "error": ""}
 
     def _decode(self, path: str) -> tuple[torch.Tensor, np.ndarray]:
         """The model input and the display copy from one decode, as small as both allow."""
-        from imagenet_cls.transforms import reduction_limit
-
         image = ImageFile(path)
-        box = self.transform.box(image.height, image.width)
         display_scale = min(self.display_size[0] / image.width, self.display_size[1] / image.height)
-        limit = min(reduction_limit(box, self.input_size), 1 / display_scale)
+        limit = min(self.transform.decode_limit(image.height, image.width), 1 / display_scale)
         pixels = image.decode(image.reduction(limit))
         model_input = self.transform.from_pixels(pixels, image.height, image.width)
         return model_input, fit_within(pixels.permute(1, 2, 0).numpy(), self.display_size)

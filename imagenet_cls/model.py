@@ -85,8 +85,8 @@ class ClassificationModel(LightningModule):
         backbone_lr_scale: Learning rate of everything but the classifier, as a fraction of ``lr``.
         tta_hflip: In predict, average the probabilities of each image and its mirror image.
         predict_precision: Compute type of ``predict`` on CPU: ``auto`` runs bfloat16 autocast with channels-last
-            memory where the CPU computes bfloat16 natively (AMX or AVX512-BF16: 3-4x faster, top-1 agreeing with
-            float32 on 99.5%+ of images, measured in ``make bench``), float32 elsewhere; ``32`` always float32;
+            memory where the CPU computes bfloat16 natively (AMX or AVX512-BF16; top-1 agreeing with float32 on
+            99.6% of the sample images in ``make bench``), float32 elsewhere; ``32`` always float32;
             ``bf16`` always bfloat16. On GPUs the trainer's ``precision`` applies. fit/validate/test stay float32
             on CPU.
         nonfinite_loss: On a NaN or infinite training loss: ``stop`` (an error naming the step; no checkpoint is
@@ -174,6 +174,7 @@ class ClassificationModel(LightningModule):
         self.register_buffer("pixel_mean", torch.tensor(self.data_config["mean"]).view(1, 3, 1, 1) * scale, False)
         self.register_buffer("pixel_std", torch.tensor(self.data_config["std"]).view(1, 3, 1, 1) * scale, False)
         self._channels_last = channels_last
+        self._predict_bf16 = False  # set by on_predict_start
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         if compile:
@@ -319,7 +320,7 @@ class ClassificationModel(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Class probabilities (B, num_classes), float32."""
         images = batch["image"]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=getattr(self, "_predict_bf16", False)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._predict_bf16):
             probs = self(images).float().softmax(dim=-1)
             if self.hparams.tta_hflip:
                 probs = (probs + self(images.flip(-1)).float().softmax(dim=-1)) / 2

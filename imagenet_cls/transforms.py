@@ -29,14 +29,15 @@ Box = tuple[float, float, float, float]  # top, left, height, width in upright s
 def reduction_limit(box: Box, size: tuple[int, int]) -> float:
     """The largest DCT reduction that keeps ``box`` at least ``DCT_MARGIN`` times ``size``.
 
-    Measured on a 1200x900 JPEG cropped to 96 px, mean distance to timm's PIL pipeline (grey levels): full decode
-    1.4, 1/2 scale 2.3, 1/4 scale 5.5 (crop only 2x the output), 1/8 scale 12.5; hence the margin.
+    In a one-off check on a synthetic 1200x900 JPEG cropped to 96 px, the 1/4 and 1/8 scales (crop only 2x the
+    output) were about 5 and 12 grey levels (mean) from timm's PIL pipeline; 1/2 with the crop over 3x the output
+    stays under 1 (``tests/test_transforms.py``). Hence the margin.
     """
     return min(box[2] / size[0], box[3] / size[1]) / DCT_MARGIN
 
 
-class _CropResize:
-    """Decode the region ``box`` of an image (as small as the output allows) and resize it to ``size``."""
+class _Resizer:
+    """Output ``size`` and the interpolation of one antialiased uint8 resize."""
 
     def __init__(self, size: tuple[int, int], interpolation: str) -> None:
         from torchvision.transforms import InterpolationMode
@@ -44,34 +45,28 @@ class _CropResize:
         self.size = (int(size[0]), int(size[1]))
         self.interpolation = InterpolationMode(interpolation if interpolation in ("bilinear", "nearest") else "bicubic")
 
-    def crop_resize(self, image: ImageFile | Image.Image, box_of: Callable[[int, int], Box]) -> torch.Tensor:
-        if isinstance(image, Image.Image):  # already decoded (tests, callers with PIL images)
-            pixels = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
-            return self.resize_box(pixels, box_of(image.height, image.width), 1.0, 1.0)
-        top, left, height, width = box = box_of(image.height, image.width)
-        decoded = image.decode(image.reduction(reduction_limit(box, self.size)))
-        return self.resize_box(decoded, box, decoded.shape[1] / image.height, decoded.shape[2] / image.width)
-
-    def resize_box(self, pixels: torch.Tensor, box: Box, scale_y: float, scale_x: float) -> torch.Tensor:
-        """Crop ``box`` (source pixels, scaled to ``pixels`` by ``scale_y``/``scale_x``) and resize to ``size``."""
+    def resize(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``pixels`` (3, H, W) uint8 resized to ``size``, antialiased; as they are when already that size."""
         from torchvision.transforms.v2 import functional as F
 
-        top, left, height, width = box
-        y0, x0 = round(top * scale_y), round(left * scale_x)
-        y1 = min(pixels.shape[1], max(y0 + 1, round((top + height) * scale_y)))
-        x1 = min(pixels.shape[2], max(x0 + 1, round((left + width) * scale_x)))
+        if tuple(pixels.shape[1:]) == tuple(size):
+            return pixels
         # Pixel-interleaved (channels-last) memory: torch's vectorised uint8 resize kernels run ~2x faster on it.
-        region = pixels[:, y0:y1, x0:x1].permute(1, 2, 0).contiguous().permute(2, 0, 1)
-        if tuple(region.shape[1:]) == self.size:
-            return region
-        return F.resize(region, list(self.size), interpolation=self.interpolation, antialias=True)
+        interleaved = pixels.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+        return F.resize(interleaved, list(size), interpolation=self.interpolation, antialias=True)
 
 
-class EvalTransform(_CropResize):
+def _pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) uint8 of an already decoded PIL image (tests, callers with PIL images)."""
+    return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+class EvalTransform(_Resizer):
     """timm's evaluation crop: resize the shorter side to ``size / crop_pct``, centre-crop ``size``.
 
     The same pixels as timm's ``Resize`` + ``CenterCrop`` (the whole image is resized, then cropped: rounding the
-    crop to whole source pixels first changed 1.7% of EfficientNet-Lite0's predictions on the sample images).
+    crop to whole source pixels first changed 1.7% of EfficientNet-Lite0's predictions on the sample images, in a
+    one-off comparison).
     ``crop_mode`` ``squash`` resizes both sides to ``size / crop_pct`` first (timm's squash mode).
     """
 
@@ -82,19 +77,20 @@ class EvalTransform(_CropResize):
 
     def __call__(self, image: ImageFile | Image.Image) -> torch.Tensor:
         if isinstance(image, Image.Image):
-            pixels = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
-            return self.from_pixels(pixels, image.height, image.width)
-        pixels = image.decode(image.reduction(reduction_limit(self.box(image.height, image.width), self.size)))
+            return self.from_pixels(_pil_to_tensor(image), image.height, image.width)
+        pixels = image.decode(image.reduction(self.decode_limit(image.height, image.width)))
         return self.from_pixels(pixels, image.height, image.width)
+
+    def decode_limit(self, height: int, width: int) -> float:
+        """How far (1/x) an image of ``height`` x ``width`` may be DCT-reduced for this crop (see reduction_limit)."""
+        resized_h, resized_w = self.resized_size(height, width)
+        box = (0.0, 0.0, self.size[0] * height / resized_h, self.size[1] * width / resized_w)
+        return reduction_limit(box, self.size)
 
     def from_pixels(self, pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The crop of ``pixels``: the image of upright size ``height`` x ``width``, possibly decoded smaller."""
-        from torchvision.transforms.v2 import functional as F
-
         resized_h, resized_w = self.resized_size(height, width)
-        if tuple(pixels.shape[1:]) != (resized_h, resized_w):
-            interleaved = pixels.permute(1, 2, 0).contiguous().permute(2, 0, 1)  # see _CropResize.resize_box
-            pixels = F.resize(interleaved, [resized_h, resized_w], interpolation=self.interpolation, antialias=True)
+        pixels = self.resize(pixels, (resized_h, resized_w))
         top = int(round((resized_h - self.size[0]) / 2.0))
         left = int(round((resized_w - self.size[1]) / 2.0))
         return pixels[:, top : top + self.size[0], left : left + self.size[1]]  # a view; batching copies it
@@ -111,18 +107,11 @@ class EvalTransform(_CropResize):
             return self.scale_size[0], int(self.scale_size[0] * width / height)
         return int(self.scale_size[0] * height / width), self.scale_size[0]
 
-    def box(self, height: int, width: int) -> Box:
-        """The centre crop in source pixels (what decides how far a JPEG may be DCT-reduced)."""
-        resized_h, resized_w = self.resized_size(height, width)
-        top = int(round((resized_h - self.size[0]) / 2.0))
-        left = int(round((resized_w - self.size[1]) / 2.0))
-        sy, sx = height / resized_h, width / resized_w
-        return top * sy, left * sx, self.size[0] * sy, self.size[1] * sx
 
-
-class TrainTransform(_CropResize):
+class TrainTransform(_Resizer):
     """torchvision's ``RandomResizedCrop`` box (same draws from torch's generator), flip, then ``augment``.
 
+    Only the box is decoded (DCT-reduced when it is much larger than the output) and resized.
     ``augment`` works on the cropped PIL image (RandAugment, TrivialAugmentWide, colour jitter ...).
     """
 
@@ -139,13 +128,19 @@ class TrainTransform(_CropResize):
         self.scale, self.ratio, self.hflip, self.augment = tuple(scale), tuple(ratio), hflip, augment
 
     def __call__(self, image: ImageFile | Image.Image) -> torch.Tensor:
-        pixels = self.crop_resize(image, self.box)
+        box = self.box(image.height, image.width)
+        if isinstance(image, Image.Image):
+            pixels = _pil_to_tensor(image)
+        else:
+            pixels = image.decode(image.reduction(reduction_limit(box, self.size)))
+        pixels = self.resize(
+            _crop(pixels, box, pixels.shape[1] / image.height, pixels.shape[2] / image.width), self.size
+        )
         if self.hflip > 0 and torch.rand(1).item() < self.hflip:
             pixels = pixels.flip(-1)
         if self.augment is None:
             return pixels
-        augmented = self.augment(Image.fromarray(pixels.permute(1, 2, 0).numpy()))
-        return torch.from_numpy(np.asarray(augmented).copy()).permute(2, 0, 1)
+        return _pil_to_tensor(self.augment(Image.fromarray(pixels.permute(1, 2, 0).numpy())))
 
     def box(self, height: int, width: int) -> Box:
         """A random box as ``torchvision.transforms.RandomResizedCrop.get_params`` draws it."""
@@ -153,6 +148,15 @@ class TrainTransform(_CropResize):
 
         shape_only = torch.empty((1, 1, 1)).expand(1, height, width)  # no pixels needed to draw the box
         return tuple(float(v) for v in RandomResizedCrop.get_params(shape_only, list(self.scale), list(self.ratio)))
+
+
+def _crop(pixels: torch.Tensor, box: Box, scale_y: float, scale_x: float) -> torch.Tensor:
+    """The region ``box`` (source pixels) of ``pixels``, an image decoded at ``scale_y`` x ``scale_x`` of the source."""
+    top, left, height, width = box
+    y0, x0 = round(top * scale_y), round(left * scale_x)
+    y1 = min(pixels.shape[1], max(y0 + 1, round((top + height) * scale_y)))
+    x1 = min(pixels.shape[2], max(x0 + 1, round((left + width) * scale_x)))
+    return pixels[:, y0:y1, x0:x1]
 
 
 def create_eval_transform(data_config: dict[str, Any]) -> EvalTransform:

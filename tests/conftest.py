@@ -25,6 +25,20 @@ FAST_TRAINER = [
 ]
 
 
+def fit_args(data: Path, root: Path, *extra: str, logger: bool = False) -> list[str]:
+    """``fit`` on ``data`` into ``root``: tiny model, CPU, batch 4, no workers, no test after fit; ``extra`` last.
+
+    ``logger=True`` keeps the default W&B logger (FAST_TRAINER turns it off).
+    """
+    trainer = list(FAST_TRAINER)
+    if logger:
+        at = trainer.index("--trainer.logger")
+        del trainer[at : at + 2]
+    common = ["--data.data_dir", str(data), "--data.num_workers", "0", "--data.batch_size", "4"]
+    return ["fit", *TINY_MODEL, *trainer, *common, "--trainer.default_root_dir", str(root),
+            "--test_after_fit", "false", *extra]  # fmt: skip
+
+
 @pytest.fixture(autouse=True)
 def _offline_in_tmp(monkeypatch, tmp_path):
     """No W&B, no GPU, and the working directory in tmp, so default outputs (runs/) never land in the repo."""

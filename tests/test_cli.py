@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from imagenet_cls.cli import ImageNetCLI, main
-from tests.conftest import FAST_TRAINER, TINY_MODEL, make_class_folders
+from tests.conftest import FAST_TRAINER, TINY_MODEL, fit_args, make_class_folders
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -315,24 +315,7 @@ def test_signal_during_fit_checkpoints_exits_and_resumes(class_folders, tmp_path
         "    init_args: {monitor: val_acc, mode: max, save_last: true}\n"
         "  - class_path: imagenet_cls.signals.GracefulShutdown\n"
     )
-    args = [
-        str(REPO / "cli.py"),
-        "fit",
-        "--config",
-        str(config),
-        *TINY_MODEL,
-        *FAST_TRAINER,
-        "--data.data_dir",
-        str(class_folders),
-        "--data.num_workers",
-        "0",
-        "--data.batch_size",
-        "2",
-        "--trainer.default_root_dir",
-        str(root),
-        "--test_after_fit",
-        "false",
-    ]
+    args = [str(REPO / "cli.py"), *fit_args(class_folders, root, "--config", str(config), "--data.batch_size", "2")]
     process = subprocess.Popen(
         [sys.executable, *args, "--trainer.max_epochs", "1000"],
         stdout=subprocess.PIPE,
@@ -369,32 +352,9 @@ def test_ema_weights_are_validated_and_saved_as_best(class_folders, tmp_path):
         "trainer:\n  callbacks:\n  - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
         "    init_args: {monitor: val_loss, mode: min, save_top_k: 1}\n"
     )
+    ema = ["--model.ema_decay", "0.5", "--model.optimizer", "adamw", "--model.lr", "0.01"]
     fit = ImageNetCLI(
-        args=[
-            "fit",
-            "--config",
-            str(config),
-            *FAST_TRAINER,
-            *TINY_MODEL,
-            "--data.data_dir",
-            str(class_folders),
-            "--data.num_workers",
-            "0",
-            "--data.batch_size",
-            "4",
-            "--trainer.max_epochs",
-            "2",
-            "--trainer.default_root_dir",
-            str(tmp_path / "runs"),
-            "--test_after_fit",
-            "false",
-            "--model.ema_decay",
-            "0.5",
-            "--model.optimizer",
-            "adamw",
-            "--model.lr",
-            "0.01",
-        ]
+        args=fit_args(class_folders, tmp_path / "runs", "--config", str(config), "--trainer.max_epochs", "2", *ema)
     )
     best = fit.trainer.checkpoint_callback
     checkpoint = torch.load(best.best_model_path, weights_only=True)

@@ -11,20 +11,9 @@ import pytest
 import torch
 
 from imagenet_cls.cli import main
-from tests.conftest import FAST_TRAINER, TINY_MODEL
+from tests.conftest import FAST_TRAINER, TINY_MODEL, fit_args
 
 CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
-
-
-def _fit_args(data: Path, root: Path, *extra: str, logger: bool = False) -> list[str]:
-    """A short CPU fit; ``logger=True`` keeps the default W&B logger (FAST_TRAINER turns it off)."""
-    trainer = list(FAST_TRAINER)
-    if logger:
-        at = trainer.index("--trainer.logger")
-        del trainer[at : at + 2]
-    common = ["--data.data_dir", str(data), "--data.num_workers", "0", "--data.batch_size", "4"]
-    return ["fit", *TINY_MODEL, *trainer, *common, "--trainer.default_root_dir", str(root),
-            "--test_after_fit", "false", *extra]  # fmt: skip
 
 
 def _callbacks_yaml(path: Path, *entries: str) -> Path:
@@ -40,7 +29,7 @@ def test_out_of_memory_is_one_line_with_a_remedy_and_keeps_the_last_checkpoint(c
     config = _callbacks_yaml(
         tmp_path / "oom.yaml", "  - class_path: tests.faults.RaiseOutOfMemory\n    init_args: {at_step: 12}\n"
     )
-    code = main(_fit_args(class_folders, root, "--config", str(config), "--trainer.max_epochs", "10"))
+    code = main(fit_args(class_folders, root, "--config", str(config), "--trainer.max_epochs", "10"))
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and error.startswith("error: fit: out of memory (CUDA out of memory.")
     assert "--data.batch_size (now 4)" in error and "bf16-mixed" in error and "is intact" in error
@@ -86,7 +75,7 @@ def test_a_nonfinite_validation_is_never_the_best_checkpoint(class_folders, tmp_
     config = _callbacks_yaml(
         tmp_path / "nan.yaml", "  - class_path: tests.faults.NonFiniteValidation\n    init_args: {epoch: 1}\n"
     )
-    assert main(_fit_args(class_folders, root, "--config", str(config), "--trainer.max_epochs", "3")) == 0
+    assert main(fit_args(class_folders, root, "--config", str(config), "--trainer.max_epochs", "3")) == 0
     (best,) = [p for p in (root / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
     saved = torch.load(best, weights_only=True)
     callback_state = next(v for k, v in saved["callbacks"].items() if k.startswith("ModelCheckpoint"))
@@ -99,11 +88,8 @@ def test_unreachable_wandb_goes_offline_quickly_and_keeps_the_key_out_of_outputs
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env |= {"WANDB_API_KEY": key, "WANDB_BASE_URL": "http://127.0.0.1:9", "HOME": str(tmp_path)}
     root = tmp_path / "runs"
-    args = [a for a in _fit_args(class_folders, root, "--trainer.max_epochs", "1") if a not in ("--trainer.logger",)]
-    args = (
-        args[: args.index("false", args.index("--trainer.enable_progress_bar") - 2)]
-        + args[args.index("false", args.index("--trainer.enable_progress_bar") - 2) + 1 :]
-    )
+    args = fit_args(class_folders, root, "--trainer.max_epochs", "1", logger=True)  # the default W&B logger
+    assert "--trainer.logger" not in args
     started = time.monotonic()
     result = subprocess.run([sys.executable, CLI, *args], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -121,7 +107,7 @@ def test_second_sigint_exits_at_once(class_folders, tmp_path):
         f"  - class_path: tests.faults.SlowBatches\n    init_args: {{seconds: 3, started_file: {started}}}\n"
         "  - class_path: imagenet_cls.signals.GracefulShutdown\n",
     )
-    args = _fit_args(class_folders, tmp_path / "runs", "--config", str(config), "--trainer.max_epochs", "5")
+    args = fit_args(class_folders, tmp_path / "runs", "--config", str(config), "--trainer.max_epochs", "5")
     process = subprocess.Popen([sys.executable, CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not started.exists() and process.poll() is None and time.monotonic() < deadline:
