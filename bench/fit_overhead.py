@@ -26,7 +26,7 @@ def _batches():
 def _model():
     import torch
 
-    from imagenet_cls.model import ClassificationModel
+    from imagenet_cls.model.module import ClassificationModel
 
     torch.manual_seed(0)
     return ClassificationModel("resnet18", num_classes=10, image_size=SIZE, lr=0.05, warmup_epochs=0.2)

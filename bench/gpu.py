@@ -54,7 +54,7 @@ def ours(model_name: str, batch: int, compile: bool) -> float:
     """Lightning Trainer + ClassificationModel with the same settings; images/s over the same steps."""
     from lightning.pytorch import Callback, Trainer
 
-    from imagenet_cls.model import ClassificationModel
+    from imagenet_cls.model.module import ClassificationModel
 
     class Clock(Callback):
         def on_train_batch_start(self, trainer, pl_module, batch_data, batch_idx):

@@ -35,8 +35,8 @@ def _pipelines():
     from torchvision import transforms as T
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-    from imagenet_cls.images import ImageFile
-    from imagenet_cls.transforms import create_eval_transform, create_train_transform
+    from imagenet_cls.data.images import ImageFile
+    from imagenet_cls.data.transforms import create_eval_transform, create_train_transform
 
     config = {"input_size": (3, SIZE, SIZE), "interpolation": "bicubic", "crop_pct": CROP_PCT}
     timm_eval = create_transform(**config, is_training=False)  # PIL resize + crop + ToTensor + Normalize

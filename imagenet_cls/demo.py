@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imagenet_cls.classes import write_class_map
+from imagenet_cls.data.classes import write_class_map
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def run_demo(data_dir: Path, config: Path, root_dir: Path) -> dict[str, float]:
     import pandas as pd
 
     from imagenet_cls.cli import ImageNetCLI, main
-    from imagenet_cls.layout import read_layout
+    from imagenet_cls.data.layout import read_layout
 
     export_digits(data_dir)
     sys.argv = sys.argv[:1]  # the CLI below gets its arguments explicitly

@@ -35,8 +35,8 @@ def export(checkpoint: Path, out_dir: Path) -> Path:
     """Write the three files into ``out_dir``; returns the ``.safetensors`` path."""
     from safetensors.torch import save_file
 
-    from imagenet_cls.checkpoints import load_checkpoint
-    from imagenet_cls.model import ClassificationModel
+    from imagenet_cls.model.module import ClassificationModel
+    from imagenet_cls.runs.checkpoints import load_checkpoint
 
     if not Path(checkpoint).is_file():
         raise UserError(f"CKPT {checkpoint} is not a file: give a .ckpt written by fit")

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from imagenet_cls.classes import imagenet_class_names, read_class_map, write_class_map
+from imagenet_cls.data.classes import imagenet_class_names, read_class_map, write_class_map
 from imagenet_cls.errors import UserError
 
 

@@ -313,7 +313,7 @@ def test_signal_during_fit_checkpoints_exits_and_resumes(class_folders, tmp_path
     config.write_text(
         "trainer:\n  callbacks:\n  - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
         "    init_args: {monitor: val_acc, mode: max, save_last: true}\n"
-        "  - class_path: imagenet_cls.signals.GracefulShutdown\n"
+        "  - class_path: imagenet_cls.callbacks.signals.GracefulShutdown\n"
     )
     args = [str(REPO / "cli.py"), *fit_args(class_folders, root, "--config", str(config), "--data.batch_size", "2")]
     process = subprocess.Popen(

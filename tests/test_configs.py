@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imagenet_cls.data import ImageNetDataModule
-from imagenet_cls.model import ClassificationModel
+from imagenet_cls.data.datamodule import ImageNetDataModule
+from imagenet_cls.model.module import ClassificationModel
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))
 

@@ -2,7 +2,7 @@ import pytest
 from PIL import Image
 
 from imagenet_cls.cli import ImageNetCLI, main
-from imagenet_cls.data import ImageNetDataModule
+from imagenet_cls.data.datamodule import ImageNetDataModule
 from tests.conftest import FAST_TRAINER, TINY_MODEL
 
 

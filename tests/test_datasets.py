@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from imagenet_cls.datasets import PredictDataset, collate_predict, fit_within, resolve_predict_paths
+from imagenet_cls.data.datasets import PredictDataset, collate_predict, fit_within, resolve_predict_paths
+from imagenet_cls.data.transforms import EvalTransform
 from imagenet_cls.errors import UserError
-from imagenet_cls.transforms import EvalTransform
 from tests.conftest import write_image
 
 

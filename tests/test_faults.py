@@ -38,7 +38,7 @@ def test_out_of_memory_is_one_line_with_a_remedy_and_keeps_the_last_checkpoint(c
 
 
 def _poisoned(monkeypatch, name: str, action) -> None:
-    from imagenet_cls.images import ImageFile
+    from imagenet_cls.data.images import ImageFile
 
     original = ImageFile.decode
 
@@ -105,7 +105,7 @@ def test_second_sigint_exits_at_once(class_folders, tmp_path):
     config = _callbacks_yaml(
         tmp_path / "slow.yaml",
         f"  - class_path: tests.faults.SlowBatches\n    init_args: {{seconds: 3, started_file: {started}}}\n"
-        "  - class_path: imagenet_cls.signals.GracefulShutdown\n",
+        "  - class_path: imagenet_cls.callbacks.signals.GracefulShutdown\n",
     )
     args = fit_args(class_folders, tmp_path / "runs", "--config", str(config), "--trainer.max_epochs", "5")
     process = subprocess.Popen([sys.executable, CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -12,7 +12,7 @@ import pytest
 
 from bench.common import REPO, sample_dir
 from imagenet_cls.cli import main
-from imagenet_cls.prepare import main as prepare_main
+from imagenet_cls.prepare.sources import main as prepare_main
 
 SAMPLE = sample_dir()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(SAMPLE is None, reason="../shared/data/imagenet-sample is absent")]

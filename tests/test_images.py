@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imagenet_cls.data.images import is_image_file, iter_image_files, load_rgb
 from imagenet_cls.errors import UserError
-from imagenet_cls.images import is_image_file, iter_image_files, load_rgb
 from tests.conftest import write_image
 
 

@@ -1,7 +1,7 @@
 import pytest
 
+from imagenet_cls.data.layout import read_layout
 from imagenet_cls.errors import UserError
-from imagenet_cls.layout import read_layout
 from tests.conftest import write_image
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from imagenet_cls.errors import UserError
-from imagenet_cls.model import ClassificationModel
+from imagenet_cls.model.module import ClassificationModel
 
 
 def tiny(**kwargs) -> ClassificationModel:
@@ -98,7 +98,7 @@ def test_hflip_test_time_augmentation_averages_the_mirror():
 
 
 def test_nonfinite_loss_stops_naming_the_step_or_skips():
-    from imagenet_cls.model import TrainingDiverged
+    from imagenet_cls.model.module import TrainingDiverged
 
     model = tiny()
     with torch.no_grad():
@@ -144,7 +144,7 @@ def test_real_mixup_on_flag():
     [("auto", True, True), ("auto", False, False), ("32", True, False), ("bf16", False, True)],
 )
 def test_predict_precision_on_cpu(monkeypatch, choice, native, bf16):
-    import imagenet_cls.model as model_module
+    import imagenet_cls.model.module as model_module
 
     monkeypatch.setattr(model_module, "cpu_has_native_bf16", lambda: native)
     model = tiny(predict_precision=choice).eval()

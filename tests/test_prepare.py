@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from imagenet_cls.data.layout import read_layout
 from imagenet_cls.errors import UserError
-from imagenet_cls.layout import read_layout
-from imagenet_cls.prepare import detect_shape, main, prepare
+from imagenet_cls.prepare.sources import detect_shape, main, prepare
 from tests.conftest import write_image
 
 WNIDS = ["n01440764", "n01443537"]

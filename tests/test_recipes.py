@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from imagenet_cls.errors import UserError
-from imagenet_cls.model import ClassificationModel
-from imagenet_cls.optim import lr_schedule, scale_lr
+from imagenet_cls.model.module import ClassificationModel
+from imagenet_cls.model.optim import lr_schedule, scale_lr
 
 
 def tiny(**kwargs) -> ClassificationModel:
@@ -140,7 +140,7 @@ def test_compile_wraps_the_network_in_place_and_keeps_parameter_names():
 
 
 def test_trivial_augment_wide_changes_the_training_images():
-    from imagenet_cls.transforms import create_train_transform
+    from imagenet_cls.data.transforms import create_train_transform
 
     config = {"input_size": (3, 32, 32), "interpolation": "bilinear"}
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
@@ -154,7 +154,7 @@ def test_trivial_augment_wide_changes_the_training_images():
 
 
 def test_train_image_size_sets_the_training_crop_only(split_folders):
-    from imagenet_cls.data import ImageNetDataModule
+    from imagenet_cls.data.datamodule import ImageNetDataModule
 
     model = tiny(image_size=32, train_image_size=24, crop_pct=1.0)
     data = ImageNetDataModule(data_dir=split_folders, num_workers=0)

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from imagenet_cls.callbacks.report import most_confused_pairs, per_class_rows
 from imagenet_cls.cli import main
-from imagenet_cls.report import most_confused_pairs, per_class_rows
 from tests.conftest import FAST_TRAINER, TINY_MODEL, make_class_folders
 
 

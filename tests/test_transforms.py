@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imagenet_cls.transforms import create_eval_transform, create_train_transform, posterize_keeping_zero_bits
+from imagenet_cls.data.transforms import create_eval_transform, create_train_transform, posterize_keeping_zero_bits
 
 CONFIG = {
     "input_size": (3, 32, 32),
@@ -57,7 +57,7 @@ def test_eval_transform_matches_timm_eval_crop(tmp_path, size):
     """Same pixels as timm's Resize + CenterCrop (bicubic), incl. DCT-reduced decoding of large JPEGs."""
     from timm.data import create_transform
 
-    from imagenet_cls.images import ImageFile, load_rgb
+    from imagenet_cls.data.images import ImageFile, load_rgb
 
     path = _photo(tmp_path / "photo.jpg", size)
     config = {"input_size": (3, 96, 96), "interpolation": "bicubic", "crop_pct": 0.875}
@@ -71,7 +71,7 @@ def test_eval_transform_matches_timm_eval_crop(tmp_path, size):
 
 
 def test_large_jpegs_are_decoded_at_reduced_dct_scale(tmp_path, monkeypatch):
-    from imagenet_cls.images import ImageFile
+    from imagenet_cls.data.images import ImageFile
 
     path = _photo(tmp_path / "big.jpg", (1200, 900))
     sizes = []
@@ -90,7 +90,7 @@ def test_large_jpegs_are_decoded_at_reduced_dct_scale(tmp_path, monkeypatch):
 
 
 def test_exif_orientation_is_applied(tmp_path):
-    from imagenet_cls.images import ImageFile
+    from imagenet_cls.data.images import ImageFile
 
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated 90 degrees: stored 200x100, shown 100x200
@@ -103,7 +103,7 @@ def test_train_crops_are_torchvisions_boxes_for_the_same_seed(tmp_path):
     from torchvision.transforms import RandomResizedCrop
     from torchvision.transforms.v2 import functional as F
 
-    from imagenet_cls.images import ImageFile
+    from imagenet_cls.data.images import ImageFile
 
     path = _photo(tmp_path / "photo.jpg", (180, 140))
     transform = create_train_transform({"input_size": (3, 64, 64), "interpolation": "bilinear"}, hflip=0.5)
@@ -125,8 +125,8 @@ def test_train_crops_are_torchvisions_boxes_for_the_same_seed(tmp_path):
 
 
 def test_truncated_jpeg_is_an_error_naming_the_file(tmp_path):
+    from imagenet_cls.data.images import ImageFile
     from imagenet_cls.errors import UserError
-    from imagenet_cls.images import ImageFile
 
     path = _photo(tmp_path / "whole.jpg", (120, 90))
     cut = tmp_path / "cut.jpg"

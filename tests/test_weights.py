@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from imagenet_cls.errors import UserError
-from imagenet_cls.model import ClassificationModel
+from imagenet_cls.model.module import ClassificationModel
 
 
 def _source_model(num_classes=3):

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from imagenet_cls.annotate import annotate
+from imagenet_cls.callbacks.annotate import annotate
+from imagenet_cls.callbacks.writer import _relative_output_path, spreadsheet_safe
 from imagenet_cls.cli import main
-from imagenet_cls.writer import _relative_output_path, spreadsheet_safe
 from tests.conftest import FAST_TRAINER, TINY_MODEL, make_class_folders, write_image
 
 

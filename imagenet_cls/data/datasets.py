@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from imagenet_cls.data.images import ImageFile, is_image_file, iter_image_files
+from imagenet_cls.data.layout import Sample
 from imagenet_cls.errors import MissingPathError, UserError
-from imagenet_cls.images import ImageFile, is_image_file, iter_image_files
-from imagenet_cls.layout import Sample
 
 if TYPE_CHECKING:
-    from imagenet_cls.transforms import EvalTransform
+    from imagenet_cls.data.transforms import EvalTransform
 
 Transform = Callable[[ImageFile], torch.Tensor]
 
@@ -46,7 +46,7 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int] | BadSample:
         """Item ``index``; ``(index, seed)`` (from :class:`ResumableSampler`) draws its augmentations from ``seed``."""
         if isinstance(index, tuple):
-            from imagenet_cls.resume import seeded
+            from imagenet_cls.callbacks.resume import seeded
 
             index, seed = index
             with seeded(seed):

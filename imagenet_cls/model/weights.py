@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from imagenet_cls.backbones import classifier_module
 from imagenet_cls.errors import MissingPathError, UserError
+from imagenet_cls.model.backbones import classifier_module
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def read_state_dict(path: Path) -> StateDict:
         from safetensors.torch import load_file
 
         return dict(load_file(str(path)))
-    from imagenet_cls.checkpoints import load_checkpoint
+    from imagenet_cls.runs.checkpoints import load_checkpoint
 
     obj = load_checkpoint(path, option="--model.pretrained")
     for key in ("state_dict", "model", "model_state_dict"):

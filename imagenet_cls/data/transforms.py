@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from imagenet_cls.data.images import ImageFile
 from imagenet_cls.errors import UserError
-from imagenet_cls.images import ImageFile
 
 TRIVIAL_AUGMENT = ("ta_wide", "trivialaugment")
 DCT_MARGIN = 3.0  # decoded crop >= 3x the output size

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from imagenet_cls.classes import imagenet_class_names, read_class_map, write_class_map
+from imagenet_cls.data.classes import imagenet_class_names, read_class_map, write_class_map
+from imagenet_cls.data.images import is_hidden, is_image_file, iter_image_files
+from imagenet_cls.data.layout import split_per_class
 from imagenet_cls.errors import UserError
-from imagenet_cls.images import is_hidden, is_image_file, iter_image_files
-from imagenet_cls.layout import split_per_class
 
 Mode = Literal["auto", "link", "symlink", "copy"]
 WNID = re.compile(r"^n\d{8}$")
@@ -303,7 +303,7 @@ def _parse_split(text: str) -> tuple[float, float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line of ``python -m imagenet_cls.prepare``."""
-    from imagenet_cls.check import check_dataset, fix_files, format_summary
+    from imagenet_cls.prepare.check import check_dataset, fix_files, format_summary
 
     parser = argparse.ArgumentParser(
         prog="python -m imagenet_cls.prepare",

@@ -9,7 +9,7 @@ import threading
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from imagenet_cls.resume import save_last_checkpoint
+from imagenet_cls.callbacks.resume import save_last_checkpoint
 
 log = logging.getLogger(__name__)
 

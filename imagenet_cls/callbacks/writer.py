@@ -246,7 +246,7 @@ def _class_lists(pl_module: LightningModule, trainer: Trainer) -> tuple[list[str
     names = list(hparams.get("class_names") or folders)
     class_map = getattr(trainer.datamodule, "class_map", None)
     if class_map is not None:
-        from imagenet_cls.classes import read_class_map
+        from imagenet_cls.data.classes import read_class_map
 
         override = read_class_map(class_map)
         names = [override.get(folder, name) for folder, name in zip(folders, names)]
@@ -256,7 +256,7 @@ def _class_lists(pl_module: LightningModule, trainer: Trainer) -> tuple[list[str
 def _draw_and_save(display, lines: list[str], target: Path):
     import cv2
 
-    from imagenet_cls.annotate import annotate
+    from imagenet_cls.callbacks.annotate import annotate
 
     annotated = annotate(display, lines)
     if not cv2.imwrite(str(target), annotated):

@@ -13,9 +13,9 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from imagenet_cls.classes import read_class_map
+from imagenet_cls.data.classes import read_class_map
+from imagenet_cls.data.layout import DatasetLayout, read_layout
 from imagenet_cls.errors import UserError
-from imagenet_cls.layout import DatasetLayout, read_layout
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class ImageNetDataModule(LightningDataModule):
             folders = sorted(read_class_map(self.class_map))
             return folders if len(folders) == num_classes else None
         if num_classes == 1000:
-            from imagenet_cls.classes import imagenet_class_names
+            from imagenet_cls.data.classes import imagenet_class_names
 
             return sorted(imagenet_class_names())
         return None
@@ -129,7 +129,7 @@ class ImageNetDataModule(LightningDataModule):
         if class_map is not None:
             names = read_class_map(class_map)
         elif any(c.startswith("n") and c[1:].isdigit() and len(c) == 9 for c in classes):
-            from imagenet_cls.classes import imagenet_class_names
+            from imagenet_cls.data.classes import imagenet_class_names
 
             names = imagenet_class_names()
         return [names.get(folder, folder) for folder in classes]
@@ -137,8 +137,8 @@ class ImageNetDataModule(LightningDataModule):
     # ---- datasets ------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Build the datasets of ``stage`` with the model's own preprocessing (``model.data_config``)."""
-        from imagenet_cls.datasets import ImageFileDataset, PredictDataset, resolve_predict_paths
-        from imagenet_cls.transforms import create_eval_transform, create_train_transform
+        from imagenet_cls.data.datasets import ImageFileDataset, PredictDataset, resolve_predict_paths
+        from imagenet_cls.data.transforms import create_eval_transform, create_train_transform
 
         data_config = self.trainer.lightning_module.data_config
         if stage == "predict":
@@ -174,7 +174,7 @@ class ImageNetDataModule(LightningDataModule):
         The order depends only on the seed and the epoch; a run resumed from a mid-epoch checkpoint continues with
         the batch after the last one done.
         """
-        from imagenet_cls.resume import ResumableSampler
+        from imagenet_cls.callbacks.resume import ResumableSampler
 
         if self.order_seed is None:
             self.order_seed = torch.initial_seed() % 2**31  # seed_everything's seed
@@ -215,13 +215,13 @@ class ImageNetDataModule(LightningDataModule):
         return self._loader(self.datasets["test"])
 
     def predict_dataloader(self) -> DataLoader:
-        from imagenet_cls.datasets import collate_predict
+        from imagenet_cls.data.datasets import collate_predict
 
         return self._loader(self.datasets["predict"], collate_fn=collate_predict)
 
     def _loader(self, dataset, sampler=None, drop_last: bool = False, collate_fn=None) -> DataLoader:
         if collate_fn is None and self.skip_bad_images:
-            from imagenet_cls.datasets import collate_skipping_bad
+            from imagenet_cls.data.datasets import collate_skipping_bad
 
             collate_fn = collate_skipping_bad
         return DataLoader(

@@ -134,7 +134,7 @@ class EvaluationReport(Callback):
     def _write(self, trainer: Trainer, pl_module: LightningModule, split: str, gathered: dict[str, Any]) -> None:
         if not trainer.is_global_zero:
             return
-        from imagenet_cls import report_drawing as drawing
+        from imagenet_cls.callbacks import report_drawing as drawing
 
         folder = _report_folder(trainer) / split
         folder.mkdir(parents=True, exist_ok=True)
@@ -218,7 +218,7 @@ def most_confused_pairs(confusion: np.ndarray, names: list[str], top: int) -> li
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    from imagenet_cls.writer import spreadsheet_safe
+    from imagenet_cls.callbacks.writer import spreadsheet_safe
 
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
@@ -234,7 +234,7 @@ def _report_folder(trainer: Trainer) -> Path:
         folder = getattr(callback, "folder", None)
         if folder is not None:
             return Path(folder) / "report"
-    from imagenet_cls.cli import run_dir
+    from imagenet_cls.cli.app import run_dir
 
     return run_dir(trainer, "fit") / "report"
 

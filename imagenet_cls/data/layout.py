@@ -13,8 +13,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imagenet_cls.data.images import is_hidden, iter_image_files
 from imagenet_cls.errors import MissingPathError, UserError
-from imagenet_cls.images import is_hidden, iter_image_files
 
 SPLITS = ("train", "val", "test")
 

@@ -16,10 +16,10 @@ from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from imagenet_cls.checkpoints import load_checkpoint
-from imagenet_cls.data import ImageNetDataModule
+from imagenet_cls.data.datamodule import ImageNetDataModule
 from imagenet_cls.errors import MissingPathError, UserError
-from imagenet_cls.model import LOGGED_METRICS, ClassificationModel
+from imagenet_cls.model.module import LOGGED_METRICS, ClassificationModel
+from imagenet_cls.runs.checkpoints import load_checkpoint
 
 log = logging.getLogger("imagenet_cls")
 
@@ -34,8 +34,8 @@ DEFAULT_CALLBACKS = [
     },
     {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
     {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
-    {"class_path": "imagenet_cls.signals.GracefulShutdown"},
-    {"class_path": "imagenet_cls.report.EvaluationReport"},
+    {"class_path": "imagenet_cls.callbacks.signals.GracefulShutdown"},
+    {"class_path": "imagenet_cls.callbacks.report.EvaluationReport"},
 ]
 DEFAULT_LOGGER = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "ImageNet"}}
 MIXED_PRECISIONS = {"16", "16-mixed", "bf16", "bf16-mixed", "transformer-engine", "transformer-engine-float16"}
@@ -108,7 +108,7 @@ class ImageNetCLI(LightningCLI):
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "predict":
-            from imagenet_cls.writer import PredictionWriter
+            from imagenet_cls.callbacks.writer import PredictionWriter
 
             parser.add_lightning_class_args(PredictionWriter, "writer")
         if subcommand == "fit":
@@ -193,7 +193,7 @@ class ImageNetCLI(LightningCLI):
             self._wandb_offline_without_key(config.trainer)
 
     def _resolve_classes(self, config: Namespace, ckpt_path: str | None) -> None:
-        from imagenet_cls.backbones import check_model_name
+        from imagenet_cls.model.backbones import check_model_name
 
         check_model_name(config.model.model_name)
         data = ImageNetDataModule(**{k: v for k, v in config.data.items()})
@@ -318,7 +318,9 @@ def _add_resume_state(config: Namespace) -> None:
             if every is not None and isinstance(callback, Namespace):
                 callback.init_args = Namespace(every_n_steps=every)
             return
-    callbacks.append(Namespace(class_path="imagenet_cls.resume.ResumeState", init_args=Namespace(every_n_steps=every)))
+    callbacks.append(
+        Namespace(class_path="imagenet_cls.callbacks.resume.ResumeState", init_args=Namespace(every_n_steps=every))
+    )
     config.trainer.callbacks = callbacks
 
 
@@ -328,7 +330,7 @@ def _resource_failure(error: RuntimeError, config: Namespace, trainer: Trainer) 
 
     text = str(error)
     first = text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
-    from imagenet_cls.resume import last_checkpoint_path
+    from imagenet_cls.callbacks.resume import last_checkpoint_path
 
     last = last_checkpoint_path(trainer)
     kept = f"; the last checkpoint ({last}) is intact: resume with --ckpt_path last" if last.is_file() else ""

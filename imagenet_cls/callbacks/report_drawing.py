@@ -83,8 +83,8 @@ def write_gallery(path: Path, mistakes: list[tuple[str, str, str, float]], title
     """A grid of misclassified images (most confident first), each captioned with its true and predicted label."""
     import cv2
 
+    from imagenet_cls.data.images import load_rgb
     from imagenet_cls.errors import UserError
-    from imagenet_cls.images import load_rgb
 
     columns = min(4, len(mistakes))
     rows = -(-len(mistakes) // columns)

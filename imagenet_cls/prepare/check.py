@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from imagenet_cls.images import ALLOWED_FORMATS, IMAGE_EXTENSIONS, is_hidden
+from imagenet_cls.data.images import ALLOWED_FORMATS, IMAGE_EXTENSIONS, is_hidden
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torchmetrics.classification import MulticlassAccuracy
 
-from imagenet_cls.backbones import classifier_module, create_backbone, resolve_data_config
 from imagenet_cls.errors import UserError
-from imagenet_cls.optim import Schedule, create_optimizer, lr_schedule, parameter_groups, scale_lr
+from imagenet_cls.model.backbones import classifier_module, create_backbone, resolve_data_config
+from imagenet_cls.model.optim import Schedule, create_optimizer, lr_schedule, parameter_groups, scale_lr
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class ClassificationModel(LightningModule):
             extra = {"drop_rate": drop_rate, **({"drop_path_rate": drop_path_rate} if drop_path_rate else {})}
         self.backbone = create_backbone(model_name, num_classes, pretrained is True, **extra)
         if isinstance(pretrained, str) and pretrained:
-            from imagenet_cls.weights import load_pretrained
+            from imagenet_cls.model.weights import load_pretrained
 
             load_pretrained(self.backbone, pretrained, model_name)
         self.data_config = resolve_data_config(

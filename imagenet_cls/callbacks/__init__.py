@@ -1,0 +1,1 @@
+"""Lightning callbacks: prediction writer, evaluation report, graceful shutdown and exact resume."""

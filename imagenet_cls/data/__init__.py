@@ -1,0 +1,1 @@
+"""Data: dataset layouts, class names, image decoding, transforms, datasets and the ``ImageNetDataModule``."""

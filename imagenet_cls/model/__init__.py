@@ -1,0 +1,1 @@
+"""The model: ``ClassificationModel`` (LightningModule) and the pieces it is built from."""
