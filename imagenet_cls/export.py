@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from imagenet_cls.errors import UserError
+from imagenet_cls.errors import UserError, report_user_error
 
 KEPT_HPARAMS = (
     "model_name",
@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         weights = export(args.checkpoint, args.out_dir)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_user_error(error)
     print(f"exported {weights}, {args.out_dir / 'model.json'} and {args.out_dir / 'predict.yaml'}")
     return 0
 

@@ -39,6 +39,18 @@ def fit_args(data: Path, root: Path, *extra: str, logger: bool = False) -> list[
             "--test_after_fit", "false", *extra]  # fmt: skip
 
 
+def untrained_weights(folder: Path, num_classes: int = 3) -> list[str]:
+    """Options giving TINY_MODEL freshly initialised weights from a file: validate/test/predict refuse no weights."""
+    import torch
+
+    from imagenet_cls.model.backbones import create_backbone
+
+    path = folder / f"untrained_{num_classes}.pth"
+    torch.manual_seed(0)
+    torch.save(create_backbone("test_resnet", num_classes, False).state_dict(), path)
+    return ["--model.pretrained", str(path), "--model.num_classes", str(num_classes)]
+
+
 @pytest.fixture(autouse=True)
 def _offline_in_tmp(monkeypatch, tmp_path):
     """No W&B, no GPU, and the working directory in tmp, so default outputs (runs/) never land in the repo."""

@@ -383,3 +383,33 @@ def test_ema_weights_are_validated_and_saved_as_best(class_folders, tmp_path):
     # The score that made this checkpoint the best one was computed with the EMA weights, not the raw ones.
     assert val_loss(ema) == pytest.approx(float(best.best_model_score), rel=1e-4)
     assert val_loss(raw) != pytest.approx(float(best.best_model_score), rel=1e-4)
+
+
+def test_ckpt_path_best_and_predict_without_data_mode(fitted, tmp_path, capsys):
+    """best.ckpt in the run folder follows the best checkpoint; predict needs no --data.mode predict."""
+    cli, best, data = fitted
+    root = Path(cli.trainer.default_root_dir)
+    link = root / "best.ckpt"
+    assert link.is_symlink() and os.path.samefile(link, best)
+    out = tmp_path / "predictions"
+    args = ["predict", "--ckpt_path", "best", "--trainer.default_root_dir", str(root), "--data.predict_path"]
+    assert main([*args, str(data), "--writer.output_dir", str(out), "--data.num_workers", "0", *FAST_TRAINER]) == 0
+    assert len(pd.read_csv(out / "predictions.csv")) == 18
+    message = _error_of(capsys, "test", "--ckpt_path", "best", "--trainer.default_root_dir", str(tmp_path / "empty"))
+    assert "--ckpt_path best: no best.ckpt under" in message
+
+
+def test_evaluation_keeps_the_model_classes(fitted, tmp_path, capsys):
+    """validate on some of the model's classes maps folders by name; unknown folders and no weights are errors."""
+    _, best, _ = fitted
+    subset = make_class_folders(tmp_path / "subset", per_class=4, classes={"n00000003": (40, 60, 220)})
+    args = ["--data.data_dir", str(subset), "--data.num_workers", "0", "--data.split", "[0.0, 1.0, 0.0]"]
+    cli = ImageNetCLI(args=["validate", "--ckpt_path", str(best), *args, *FAST_TRAINER])
+    assert cli.model.hparams.num_classes == 3 and cli.model.hparams.classes[2] == "n00000003"
+    assert cli.datamodule.datasets["val"].samples[0][1] == 2  # the model's index of n00000003, not 0
+    assert cli.trainer.callback_metrics["val_images"] == 4
+    stranger = make_class_folders(tmp_path / "stranger", per_class=2, classes={"n09999999": (1, 2, 3)})
+    message = _error_of(capsys, "validate", "--ckpt_path", str(best), "--data.data_dir", str(stranger), *FAST_TRAINER)
+    assert "n09999999 unknown to the model" in message
+    message = _error_of(capsys, "validate", *TINY_MODEL, "--data.data_dir", str(subset), *FAST_TRAINER)
+    assert "validate needs trained weights" in message

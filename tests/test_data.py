@@ -2,8 +2,9 @@ import pytest
 from PIL import Image
 
 from imagenet_cls.cli import ImageNetCLI, main
+from imagenet_cls.data.classes import class_names, classes_without_data
 from imagenet_cls.data.datamodule import ImageNetDataModule
-from tests.conftest import FAST_TRAINER, TINY_MODEL
+from tests.conftest import FAST_TRAINER, TINY_MODEL, untrained_weights
 
 
 def _validate(split_folders, *extra):
@@ -17,6 +18,7 @@ def _validate(split_folders, *extra):
         "0",
         "--data.batch_size",
         "4",
+        *untrained_weights(split_folders.parent),
         *extra,
     ]
 
@@ -38,12 +40,12 @@ def test_skip_bad_images_counts_what_metrics_cover(split_folders, caplog):
 
 def test_class_names_come_from_map_then_imagenet_then_folders(class_folders, tmp_path):
     data = ImageNetDataModule(data_dir=class_folders)
-    assert data.class_names(data.classes) == ["red", "green", "blue"]  # data_dir's own map
+    assert class_names(data.classes, data_dir=class_folders) == ["red", "green", "blue"]  # data_dir's own map
     (class_folders / "folder_num_class_map.txt").unlink()
-    assert data.class_names(["n01440764", "mine"]) == ["tench", "mine"]
+    assert class_names(["n01440764", "mine"], data_dir=class_folders) == ["tench", "mine"]
     other = tmp_path / "map.txt"
     other.write_text("n00000001 0 rouge\n")
-    assert ImageNetDataModule(data_dir=class_folders, class_map=other).class_names(data.classes)[0] == "rouge"
+    assert class_names(data.classes, class_map=other, data_dir=class_folders)[0] == "rouge"
 
 
 def test_predict_mode_needs_a_predict_path(class_folders, tmp_path, capsys):
@@ -61,8 +63,8 @@ def test_loader_defaults(class_folders, workers):
 
 
 def test_classes_without_data_for_pretrained_predict(tmp_path):
-    assert ImageNetDataModule(mode="predict").classes_without_data(1000)[:2] == ["n01440764", "n01443537"]
-    assert ImageNetDataModule(mode="predict").classes_without_data(10) is None
+    assert classes_without_data(1000)[:2] == ["n01440764", "n01443537"]
+    assert classes_without_data(10) is None
     mapping = tmp_path / "map.txt"
     mapping.write_text("b 1 bee\na 0 ant\n")
-    assert ImageNetDataModule(mode="predict", class_map=mapping).classes_without_data(2) == ["a", "b"]
+    assert classes_without_data(2, class_map=mapping) == ["a", "b"]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from imagenet_cls.data.datasets import PredictDataset, collate_predict, fit_within, resolve_predict_paths
+from imagenet_cls.data.batches import collate_predict
+from imagenet_cls.data.datasets import PredictDataset, fit_within, resolve_predict_paths
 from imagenet_cls.data.transforms import EvalTransform
 from imagenet_cls.errors import UserError
 from tests.conftest import write_image
@@ -52,7 +53,7 @@ def test_predict_dataset_marks_bad_files_and_keeps_going(tmp_path):
     bad.write_text("text")
 
     transform = EvalTransform((8, 8), crop_pct=1.0, interpolation="bilinear")
-    dataset = PredictDataset([str(good), str(bad)], transform, (800, 600))
+    dataset = PredictDataset([str(good), str(bad)], tmp_path, transform, (800, 600))
     batch = collate_predict([dataset[0], dataset[1]])
     assert batch["image"].shape == (2, 3, 8, 8) and batch["image"].dtype == torch.uint8
     assert batch["error"][0] == "" and "bad.jpg" in batch["error"][1]

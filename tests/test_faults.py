@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from imagenet_cls.cli import main
-from tests.conftest import FAST_TRAINER, TINY_MODEL, fit_args
+from tests.conftest import FAST_TRAINER, TINY_MODEL, fit_args, untrained_weights
 
 CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
 
@@ -54,7 +54,8 @@ def test_a_hung_read_stops_with_an_error_naming_the_file(class_folders, tmp_path
     _poisoned(monkeypatch, "n00000002/img_003.jpg", lambda: time.sleep(120))
     started = time.monotonic()
     args = ["validate", *TINY_MODEL, *FAST_TRAINER, "--data.data_dir", str(class_folders),
-            "--data.num_workers", "1", "--data.sample_timeout", "2", "--data.split", "[0.0, 1.0, 0.0]"]  # fmt: skip
+            "--data.num_workers", "1", "--data.sample_timeout", "2", "--data.split", "[0.0, 1.0, 0.0]",
+            *untrained_weights(tmp_path)]  # fmt: skip
     assert main(args) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert time.monotonic() - started < 60
@@ -64,7 +65,7 @@ def test_a_hung_read_stops_with_an_error_naming_the_file(class_folders, tmp_path
 def test_a_killed_worker_is_a_one_line_error(class_folders, tmp_path, monkeypatch, capsys):
     _poisoned(monkeypatch, "n00000002/img_003.jpg", lambda: os.kill(os.getpid(), signal.SIGKILL))
     args = ["validate", *TINY_MODEL, *FAST_TRAINER, "--data.data_dir", str(class_folders),
-            "--data.num_workers", "1", "--data.split", "[0.0, 1.0, 0.0]"]  # fmt: skip
+            "--data.num_workers", "1", "--data.split", "[0.0, 1.0, 0.0]", *untrained_weights(tmp_path)]  # fmt: skip
     assert main(args) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: validate: a data-loading worker died") and "--data.num_workers (now 1)" in error

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from imagenet_cls.data.batches import LabeledBatch
 from imagenet_cls.errors import UserError
 from imagenet_cls.model.module import ClassificationModel
 
@@ -103,7 +104,7 @@ def test_nonfinite_loss_stops_naming_the_step_or_skips():
     model = tiny()
     with torch.no_grad():
         model.backbone.fc.bias[0] = float("nan")
-    batch = (torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 1]))
+    batch = LabeledBatch(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 1]), [])
     with pytest.raises(TrainingDiverged, match=r"training loss is nan at step 0 \(epoch 0\)"):
         model.training_step(batch, 0)
     model.hparams.nonfinite_loss = "skip"
@@ -122,7 +123,7 @@ def test_mixup_makes_soft_targets_until_its_off_epoch(monkeypatch):
 
     monkeypatch.setattr(model, "mixup", spy)
     monkeypatch.setattr(model, "_mixup_on", lambda n: model.current_epoch < 1 and n % 2 == 0)
-    batch = (torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 1, 2, 0]))
+    batch = LabeledBatch(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 1, 2, 0]), [])
     loss = model.training_step(batch, 0)
     assert torch.isfinite(loss) and len(seen) == 1
     soft = seen[0]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from imagenet_cls.data.batches import LabeledBatch
 from imagenet_cls.errors import UserError
 from imagenet_cls.model.module import ClassificationModel
 from imagenet_cls.model.optim import lr_schedule, scale_lr
@@ -27,15 +28,15 @@ def _inputs_seen_by_backbone(model, batch) -> torch.Tensor:
 
 
 def _batch(n=4):
-    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8), torch.arange(n) % 3
+    return LabeledBatch(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8), torch.arange(n) % 3, [])
 
 
 def test_random_erasing_erases_boxes_of_the_normalised_training_batch():
-    images, targets = _batch()
+    images, targets, _ = batch = _batch()
     plain = tiny()
-    torch.testing.assert_close(_inputs_seen_by_backbone(plain, (images, targets)), plain.normalize(images))
+    torch.testing.assert_close(_inputs_seen_by_backbone(plain, batch), plain.normalize(images))
     erased_model = tiny(random_erase_prob=1.0, random_erase_mode="const")
-    erased = _inputs_seen_by_backbone(erased_model, (images, targets))
+    erased = _inputs_seen_by_backbone(erased_model, batch)
     reference = erased_model.normalize(images)
     changed = erased != reference
     assert changed.any(dim=(1, 2, 3)).all()  # every image got a box
@@ -44,7 +45,7 @@ def test_random_erasing_erases_boxes_of_the_normalised_training_batch():
 
 
 def test_bce_loss_differs_from_cross_entropy_and_follows_the_targets():
-    images, targets = _batch()
+    images, targets, _ = _batch()
     torch.manual_seed(0)
     ce = tiny()
     torch.manual_seed(0)
@@ -158,7 +159,7 @@ def test_train_image_size_sets_the_training_crop_only(split_folders):
 
     model = tiny(image_size=32, train_image_size=24, crop_pct=1.0)
     data = ImageNetDataModule(data_dir=split_folders, num_workers=0)
-    data.trainer = SimpleNamespace(lightning_module=model)
+    data.set_preprocessing(model.data_config, model.train_input_size)
     data.setup("fit")
     assert data.datasets["train"][0][0].shape == (3, 24, 24)
     assert data.datasets["val"][0][0].shape == (3, 32, 32)

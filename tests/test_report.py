@@ -9,7 +9,7 @@ import pandas as pd
 
 from imagenet_cls.callbacks.report import most_confused_pairs, per_class_rows
 from imagenet_cls.cli import main
-from tests.conftest import FAST_TRAINER, TINY_MODEL, make_class_folders
+from tests.conftest import FAST_TRAINER, TINY_MODEL, make_class_folders, untrained_weights
 
 
 def test_per_class_rows_and_most_confused_pairs_from_a_known_matrix():
@@ -46,6 +46,7 @@ def test_validate_writes_the_report_for_many_classes(tmp_path, capsys):
         "16",
         "--trainer.default_root_dir",
         str(tmp_path / "runs"),
+        *untrained_weights(tmp_path, num_classes=35),
     ]
     assert main(args) == 0  # an untrained network: many mistakes
     val_acc = float(re.search(r"val_acc\s+│\s+([0-9.]+)", capsys.readouterr().out).group(1))
@@ -76,6 +77,7 @@ def test_the_report_is_a_default_callback_that_can_be_dropped(class_folders, tmp
         "0",
         "--trainer.default_root_dir",
         str(tmp_path / "runs"),
+        *untrained_weights(tmp_path),
         "--trainer.callbacks",
         "[]",
     ]

@@ -135,3 +135,12 @@ def test_truncated_jpeg_is_an_error_naming_the_file(tmp_path):
         create_eval_transform({"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 0.875})(
             ImageFile(cut)
         )
+
+
+def test_posterize_fix_leaves_timms_op_table_alone():
+    from timm.data import auto_augment
+
+    transform = create_train_transform(CONFIG, auto_augment="rand-m9-mstd0.5-inc1")
+    assert auto_augment.NAME_TO_OP["PosterizeIncreasing"] is not posterize_keeping_zero_bits  # no global change
+    ops = [op for step in transform.augment.transforms for op in getattr(step, "ops", [])]
+    assert any(op.aug_fn is posterize_keeping_zero_bits for op in ops if op.name.startswith("Posterize"))

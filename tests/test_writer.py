@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from imagenet_cls.callbacks.annotate import annotate
-from imagenet_cls.callbacks.writer import _relative_output_path, spreadsheet_safe
+from imagenet_cls.callbacks.writer import spreadsheet_safe
 from imagenet_cls.cli import main
+from imagenet_cls.data.datasets import output_path
 from tests.conftest import FAST_TRAINER, TINY_MODEL, make_class_folders, write_image
 
 
@@ -23,10 +24,10 @@ def test_annotation_is_drawn_and_fits(size):
 
 def test_output_paths_mirror_the_tree_and_never_escape(tmp_path):
     root = tmp_path / "in"
-    assert _relative_output_path(str(root / "a" / "x.jpg"), root) == Path("a/x.jpg")
-    assert _relative_output_path(str(root / "b" / "x.jpg"), root) == Path("b/x.jpg")
-    assert _relative_output_path(str(tmp_path / "elsewhere" / "y.png"), root) == Path("elsewhere/y.png")
-    assert _relative_output_path(str(root / "z.gif"), root) == Path("z.gif.png")
+    assert output_path(str(root / "a" / "x.jpg"), root) == Path("a/x.jpg")
+    assert output_path(str(root / "b" / "x.jpg"), root) == Path("b/x.jpg")
+    assert output_path(str(tmp_path / "elsewhere" / "y.png"), root) == Path("elsewhere/y.png")
+    assert output_path(str(root / "z.gif"), root) == Path("z.gif.png")
 
 
 def test_spreadsheet_formulas_are_defused():

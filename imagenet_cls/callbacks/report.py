@@ -70,8 +70,8 @@ class EvaluationReport(Callback):
         tally = self._tally
         if tally is None or not isinstance(outputs, dict) or "logits" not in outputs:
             return
-        targets = batch[1].cpu()
-        skipped = set(batch[2]) if len(batch) == 3 else set()
+        targets = batch.targets.cpu()
+        skipped = set(batch.skipped)
         count = len(targets) + len(skipped)
         dataset = trainer.datamodule.datasets[split]
         # Evaluation loaders are not shuffled: position p of rank r is sample (r + p * world) of the split
@@ -136,7 +136,7 @@ class EvaluationReport(Callback):
             return
         from imagenet_cls.callbacks import report_drawing as drawing
 
-        folder = _report_folder(trainer) / split
+        folder = _report_folder(trainer, split) / split
         folder.mkdir(parents=True, exist_ok=True)
         names = list(pl_module.hparams.class_names or pl_module.hparams.classes or [])
         confusion, hits5 = gathered["confusion"], gathered["top5_hits"]
@@ -228,15 +228,11 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             writer.writerow([spreadsheet_safe(value) for value in row.values()])
 
 
-def _report_folder(trainer: Trainer) -> Path:
-    """The run folder the config was saved in (``<run>/report``), else the default run folder."""
-    for callback in trainer.callbacks:
-        folder = getattr(callback, "folder", None)
-        if folder is not None:
-            return Path(folder) / "report"
-    from imagenet_cls.cli.app import run_dir
+def _report_folder(trainer: Trainer, split: str) -> Path:
+    """``<run folder>/report``."""
+    from imagenet_cls.runs.folders import run_folder
 
-    return run_dir(trainer, "fit") / "report"
+    return run_folder(trainer, trainer.state.fn) / "report"  # fit's validation reports into the fit's folder
 
 
 def _log_to_wandb(trainer: Trainer, split: str, files: dict[str, Path], rows: list[dict[str, Any]]) -> None:

@@ -21,7 +21,6 @@ from imagenet_cls.errors import UserError
 
 log = logging.getLogger(__name__)
 
-WRITABLE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -71,16 +70,15 @@ class PredictionWriter(BasePredictionWriter):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "predict":
             return
-        output_dir = self.output_dir
-        if output_dir is None:
-            output_dir = Path(trainer.default_root_dir) / "predictions" / time.strftime("%Y%m%d-%H%M%S")
-        self.run_dir = Path(trainer.strategy.broadcast(str(output_dir)))
-        self.class_folders, self.class_names = _class_lists(pl_module, trainer)
+        self.class_folders, self.class_names = _class_lists(pl_module)
         if self.show and not _display_available():
             log.warning("PredictionWriter(show=True): no display found; writing files only")
             self.show = False
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        from imagenet_cls.runs.folders import run_folder
+
+        self.run_dir = run_folder(trainer, "predict")  # decided by RunFolder.setup, the same on every rank
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._started = time.perf_counter()
         self._counts = {"images": 0, "errors": 0}
@@ -109,7 +107,6 @@ class PredictionWriter(BasePredictionWriter):
         k = max(self.top_k, self.draw_top_k, 1)
         probs, indices = prediction.float().topk(min(k, prediction.shape[-1]), dim=-1)
         probs, indices = probs.cpu().tolist(), indices.cpu().tolist()
-        root = trainer.datamodule.predict_root
         for i, path in enumerate(batch["path"]):
             self._counts["images"] += 1
             error = batch["error"][i]
@@ -129,7 +126,7 @@ class PredictionWriter(BasePredictionWriter):
             label = self._label(*top[0])
             output = ""
             if self.write_images:
-                output = self._write_image(path, root, batch["display"][i], top)
+                output = self._write_image(batch["relative"][i], batch["display"][i], top)
             cells = [path, output, top[0][0], self.class_folders[top[0][0]], label, f"{top[0][1]:.6f}"]
             for rank in range(self.top_k):
                 if rank < len(top):
@@ -173,7 +170,7 @@ class PredictionWriter(BasePredictionWriter):
     def _label(self, index: int, prob: float) -> str:
         return "unknown" if prob < self.threshold else self.class_names[index]
 
-    def _write_image(self, path: str, root: Path, display, top: list[tuple[int, float]]) -> str:
+    def _write_image(self, relative: str, display, top: list[tuple[int, float]]) -> str:
         import cv2
 
         index, prob = top[0]
@@ -181,7 +178,6 @@ class PredictionWriter(BasePredictionWriter):
         lines += [
             f"{rank}. {self.class_names[i]} ({p:.1%})" for rank, (i, p) in enumerate(top[1 : self.draw_top_k], start=2)
         ]
-        relative = _relative_output_path(path, root)
         target = self.run_dir / "images" / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         if self.show:  # GUI calls stay on the main thread
@@ -239,18 +235,12 @@ class PredictionWriter(BasePredictionWriter):
         return final
 
 
-def _class_lists(pl_module: LightningModule, trainer: Trainer) -> tuple[list[str], list[str]]:
+def _class_lists(pl_module: LightningModule) -> tuple[list[str], list[str]]:
+    """The model's class folders and names (decided by the CLI: checkpoint, class map or data folder)."""
     hparams = pl_module.hparams
     num_classes = int(hparams.get("num_classes"))
     folders = list(hparams.get("classes") or [str(i) for i in range(num_classes)])
-    names = list(hparams.get("class_names") or folders)
-    class_map = getattr(trainer.datamodule, "class_map", None)
-    if class_map is not None:
-        from imagenet_cls.data.classes import read_class_map
-
-        override = read_class_map(class_map)
-        names = [override.get(folder, name) for folder, name in zip(folders, names)]
-    return folders, names
+    return folders, list(hparams.get("class_names") or folders)
 
 
 def _draw_and_save(display, lines: list[str], target: Path):
@@ -262,19 +252,6 @@ def _draw_and_save(display, lines: list[str], target: Path):
     if not cv2.imwrite(str(target), annotated):
         raise OSError(f"could not write {target}")
     return annotated
-
-
-def _relative_output_path(path: str, root: Path) -> Path:
-    """The output path of ``path`` relative to the run's image folder: mirrors the input tree, never escapes."""
-    try:
-        relative = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root)))
-    except ValueError:  # another drive on Windows
-        relative = Path(os.path.basename(path))
-    parts = [part for part in relative.parts if part not in ("..", ".", "") and not os.path.isabs(part)]
-    relative = Path(*parts) if parts else Path(os.path.basename(path))
-    if relative.suffix.lower() not in WRITABLE_EXTENSIONS:
-        relative = relative.with_name(relative.name + ".png")
-    return relative
 
 
 def _safe(cells: list[Any]) -> list[Any]:

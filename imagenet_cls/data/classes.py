@@ -60,3 +60,33 @@ def imagenet_class_names() -> dict[str, str]:
 
 def _one_token(name: str) -> str:
     return "_".join(name.split())
+
+
+def class_names(folders: list[str], class_map: Path | None = None, data_dir: Path | None = None) -> list[str]:
+    """Human-readable names of class ``folders``.
+
+    From ``class_map``, else ``data_dir``'s ``folder_num_class_map.txt``, else ImageNet's for WordNet ids, else the
+    folder names.
+    """
+    names: dict[str, str] = {}
+    if class_map is None and data_dir is not None and (Path(data_dir) / "folder_num_class_map.txt").is_file():
+        class_map = Path(data_dir) / "folder_num_class_map.txt"
+    if class_map is not None:
+        names = read_class_map(Path(class_map))
+    elif any(_is_wnid(folder) for folder in folders):
+        names = imagenet_class_names()
+    return [names.get(folder, folder) for folder in folders]
+
+
+def classes_without_data(num_classes: int, class_map: Path | None = None) -> list[str] | None:
+    """Class folders of a model known without a data folder: the class map's (sorted), ImageNet's for 1000."""
+    if class_map is not None:
+        folders = sorted(read_class_map(Path(class_map)))
+        return folders if len(folders) == num_classes else None
+    if num_classes == 1000:
+        return sorted(imagenet_class_names())
+    return None
+
+
+def _is_wnid(folder: str) -> bool:
+    return folder.startswith("n") and folder[1:].isdigit() and len(folder) == 9

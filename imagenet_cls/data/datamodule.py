@@ -13,11 +13,20 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from imagenet_cls.data.classes import read_class_map
 from imagenet_cls.data.layout import DatasetLayout, read_layout
 from imagenet_cls.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+DISPLAY_SIZE = (800, 600)  # predict's annotated copies fit within this (width, height)
+
+
+def scan_data_dir(data_dir: Path | None, split: tuple[float, float, float], split_seed: int) -> DatasetLayout:
+    """The classes and per-split samples of ``--data.data_dir`` (a one-line error when it is not set)."""
+    if data_dir is None:
+        raise UserError("--data.data_dir is not set: point it at a folder of class folders (or train/ val/)")
+    return read_layout(Path(data_dir), tuple(split), split_seed)
 
 
 class ImageNetDataModule(LightningDataModule):
@@ -26,7 +35,7 @@ class ImageNetDataModule(LightningDataModule):
     Args:
         data_dir: Dataset folder: ``train/``, ``val/`` and optional ``test/`` with one folder per class, or one
             folder of class folders, split per class into train/val/test by ``split``. Never modified.
-        mode: ``train`` reads ``data_dir``; ``predict`` reads ``predict_path``.
+        mode: ``train`` reads ``data_dir``; ``predict`` reads ``predict_path`` (the ``predict`` subcommand sets it).
         predict_path: Images to classify: a file, a folder (recursive), a glob pattern or a ``.txt`` list.
         class_map: Class names file (columns folder, number, classes). Default: ``data_dir``'s
             ``folder_num_class_map.txt`` if it exists, else ImageNet's names for WordNet-id folders, else the
@@ -90,14 +99,33 @@ class ImageNetDataModule(LightningDataModule):
         self.predict_root: Path | None = None
         self.order_seed: int | None = None  # the training order's seed, kept in checkpoints
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
+        self.data_config: dict[str, Any] | None = None  # set_preprocessing
+        self.train_input_size: tuple[int, int, int] | None = None
+        self.label_map: list[int] | None = None  # data class index -> model class index (use_layout)
 
-    # ---- classes -------------------------------------------------------------------------------------------
+    # ---- what the CLI hands over: the scanned folder, the model's classes and preprocessing -------------------
     @cached_property
     def layout(self) -> DatasetLayout:
-        """The classes and per-split samples of ``data_dir`` (scanned once, on first use)."""
-        if self.data_dir is None:
-            raise UserError("--data.data_dir is not set: point it at a folder of class folders (or train/ val/)")
-        return read_layout(self.data_dir, self.split, self.split_seed)
+        """The classes and per-split samples of ``data_dir`` (scanned once: here on first use, or by the CLI)."""
+        return scan_data_dir(self.data_dir, self.split, self.split_seed)
+
+    def use_layout(self, layout: DatasetLayout, model_classes: list[str] | None = None) -> None:
+        """Read ``layout`` (already scanned) instead of scanning ``data_dir`` again.
+
+        Args:
+            layout: The scanned data folder.
+            model_classes: The model's class folders in index order, when they differ from the folder's own (a
+                checkpoint or pretrained model evaluated on some of its classes): labels are mapped by name.
+        """
+        self.layout = layout
+        if model_classes is not None and list(model_classes) != layout.classes:
+            index = {folder: i for i, folder in enumerate(model_classes)}
+            self.label_map = [index[folder] for folder in layout.classes]
+
+    def set_preprocessing(self, data_config: dict[str, Any], train_input_size: tuple[int, int, int] | None = None):
+        """The model's preprocessing (timm ``data_config``: input size, crop, interpolation) and training crop."""
+        self.data_config = data_config
+        self.train_input_size = train_input_size or data_config["input_size"]
 
     @property
     def classes(self) -> list[str] | None:
@@ -109,64 +137,42 @@ class ImageNetDataModule(LightningDataModule):
         """Whether the data folder has test images."""
         return self.mode == "train" and bool(self.layout.splits.get("test"))
 
-    def classes_without_data(self, num_classes: int) -> list[str] | None:
-        """Class folders when there is no data folder: the class map's (sorted), or ImageNet's for 1000 classes."""
-        if self.class_map is not None:
-            folders = sorted(read_class_map(self.class_map))
-            return folders if len(folders) == num_classes else None
-        if num_classes == 1000:
-            from imagenet_cls.data.classes import imagenet_class_names
-
-            return sorted(imagenet_class_names())
-        return None
-
-    def class_names(self, classes: list[str]) -> list[str]:
-        """Human-readable names for ``classes``: from the class map, else ImageNet's, else the folder names."""
-        names: dict[str, str] = {}
-        class_map = self.class_map
-        if class_map is None and self.data_dir is not None and (self.data_dir / "folder_num_class_map.txt").is_file():
-            class_map = self.data_dir / "folder_num_class_map.txt"
-        if class_map is not None:
-            names = read_class_map(class_map)
-        elif any(c.startswith("n") and c[1:].isdigit() and len(c) == 9 for c in classes):
-            from imagenet_cls.data.classes import imagenet_class_names
-
-            names = imagenet_class_names()
-        return [names.get(folder, folder) for folder in classes]
-
     # ---- datasets ------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Build the datasets of ``stage`` with the model's own preprocessing (``model.data_config``)."""
+        """Build the datasets of ``stage`` with the preprocessing handed over by ``set_preprocessing``."""
         from imagenet_cls.data.datasets import ImageFileDataset, PredictDataset, resolve_predict_paths
         from imagenet_cls.data.transforms import create_eval_transform, create_train_transform
 
-        data_config = self.trainer.lightning_module.data_config
+        if self.data_config is None:
+            raise RuntimeError("ImageNetDataModule.set_preprocessing(model.data_config, ...) must come before setup")
+        eval_transform = create_eval_transform(self.data_config)
         if stage == "predict":
-            if self.mode != "predict" or not self.predict_path:
-                raise UserError("predict needs --data.mode predict and --data.predict_path <file|folder|glob|list>")
+            if not self.predict_path:
+                raise UserError("predict needs --data.predict_path <file|folder|glob|list>")
             paths, self.predict_root = resolve_predict_paths(self.predict_path)
-            transform = create_eval_transform(data_config)
-            self.datasets["predict"] = PredictDataset(paths, transform, (800, 600), self.sample_timeout)
+            self.datasets["predict"] = PredictDataset(
+                paths, self.predict_root, eval_transform, DISPLAY_SIZE, self.sample_timeout
+            )
             log.info("predict: %d images under %s", len(paths), self.predict_root)
             return
         if self.mode != "train":
-            raise UserError(f"{stage} needs --data.mode train (got predict) and --data.data_dir")
-        eval_transform = create_eval_transform(data_config)
-        skip = self.skip_bad_images
-        if stage == "fit":
-            train_config = {**data_config, "input_size": self.trainer.lightning_module.train_input_size}
-            train_transform = create_train_transform(train_config, **self.train_options)
-            self.datasets["train"] = ImageFileDataset(
-                self.layout.samples("train"), train_transform, skip, self.sample_timeout
+            raise UserError(f"{stage} needs --data.data_dir (and --data.mode train, not predict)")
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}[stage]
+        for split in splits:
+            transform = eval_transform
+            if split == "train":
+                train_config = {**self.data_config, "input_size": self.train_input_size}
+                transform = create_train_transform(train_config, **self.train_options)
+            self.datasets[split] = ImageFileDataset(
+                self._samples(split), transform, self.skip_bad_images, self.sample_timeout
             )
-        if stage in ("fit", "validate"):
-            self.datasets["val"] = ImageFileDataset(
-                self.layout.samples("val"), eval_transform, skip, self.sample_timeout
-            )
-        elif stage == "test":
-            self.datasets["test"] = ImageFileDataset(
-                self.layout.samples("test"), eval_transform, skip, self.sample_timeout
-            )
+
+    def _samples(self, split: str) -> list:
+        """``(path, model class index)`` of ``split``."""
+        samples = self.layout.samples(split)
+        if self.label_map is None:
+            return samples
+        return [(path, self.label_map[label]) for path, label in samples]
 
     def train_dataloader(self) -> DataLoader:
         """Training batches, shuffled by a :class:`ResumableSampler`.
@@ -215,15 +221,13 @@ class ImageNetDataModule(LightningDataModule):
         return self._loader(self.datasets["test"])
 
     def predict_dataloader(self) -> DataLoader:
-        from imagenet_cls.data.datasets import collate_predict
+        from imagenet_cls.data.batches import collate_predict
 
         return self._loader(self.datasets["predict"], collate_fn=collate_predict)
 
     def _loader(self, dataset, sampler=None, drop_last: bool = False, collate_fn=None) -> DataLoader:
-        if collate_fn is None and self.skip_bad_images:
-            from imagenet_cls.data.datasets import collate_skipping_bad
+        from imagenet_cls.data.batches import collate_labeled
 
-            collate_fn = collate_skipping_bad
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -234,5 +238,5 @@ class ImageNetDataModule(LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            collate_fn=collate_fn,
+            collate_fn=collate_fn or collate_labeled,
         )

@@ -9,13 +9,14 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
-from imagenet_cls.data.images import ImageFile, is_image_file, iter_image_files
+from imagenet_cls.data.batches import BadSample
+from imagenet_cls.data.images import WRITABLE_EXTENSIONS, ImageFile, is_image_file, iter_image_files
 from imagenet_cls.data.layout import Sample
 from imagenet_cls.errors import MissingPathError, UserError
 
@@ -88,27 +89,11 @@ def time_limit(seconds: float | None, path: str) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-class BadSample(NamedTuple):
-    """A file skipped because it could not be decoded."""
-
-    path: str
-    error: str
-
-
-def collate_skipping_bad(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """``(images, targets, skipped paths)`` of a batch; an all-bad batch has empty images and targets."""
-    good = [item for item in items if not isinstance(item, BadSample)]
-    skipped = [item.path for item in items if isinstance(item, BadSample)]
-    if not good:
-        return torch.empty((0, 3, 1, 1), dtype=torch.uint8), torch.empty((0,), dtype=torch.long), skipped
-    images, targets = default_collate(good)
-    return images, targets, skipped
-
-
 class PredictDataset(Dataset):
     """Unlabelled images for predict.
 
-    Item ``i`` is a dict with the model input ``image``, its ``index``, the file ``path``, a ``display`` copy
+    Item ``i`` is a dict with the model input ``image``, its ``index``, the file ``path``, its output path
+    ``relative`` to the run's image folder (mirroring the tree under ``root``), a ``display`` copy
     (RGB uint8 array scaled to fit within ``display_size``, for the annotated output) and ``error`` ("" when the
     file decoded). A file that cannot be decoded yields a zero image and its error, so one bad file does not stop the
     run.
@@ -117,12 +102,14 @@ class PredictDataset(Dataset):
     def __init__(
         self,
         paths: list[str],
+        root: Path,
         transform: EvalTransform,
         display_size: tuple[int, int],
         timeout: float | None = None,
     ) -> None:
         self.timeout = timeout
         self.paths = paths
+        self.root = root
         self.transform = transform
         self.display_size = display_size
 
@@ -131,13 +118,14 @@ class PredictDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.paths[index]
+        item = {"index": index, "path": path, "relative": str(output_path(path, self.root))}
         try:
             with time_limit(self.timeout, path):
                 model_input, display = self._decode(path)
         except UserError as error:
             blank = torch.zeros((3, *self.transform.size), dtype=torch.uint8)
-            return {"image": blank, "index": index, "path": path, "display": None, "error": str(error)}
-        return {"image": model_input, "index": index, "path": path, "display": display, "error": ""}
+            return {**item, "image": blank, "display": None, "error": str(error)}
+        return {**item, "image": model_input, "display": display, "error": ""}
 
     def _decode(self, path: str) -> tuple[torch.Tensor, np.ndarray]:
         """The model input and the display copy from one decode, as small as both allow."""
@@ -158,17 +146,6 @@ def fit_within(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     target = (max(1, round(width * scale)), max(1, round(height * scale)))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR  # OpenCV: ~10x faster than PIL here
     return cv2.resize(np.ascontiguousarray(image), target, interpolation=interpolation)
-
-
-def collate_predict(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the model inputs; keep paths, display images and errors as lists (they differ in size)."""
-    return {
-        "image": torch.stack([item["image"] for item in items]),
-        "index": [item["index"] for item in items],
-        "path": [item["path"] for item in items],
-        "display": [item["display"] for item in items],
-        "error": [item["error"] for item in items],
-    }
 
 
 def resolve_predict_paths(spec: str | Path) -> tuple[list[str], Path]:
@@ -219,3 +196,16 @@ def _common_root(files: list[str], folder: Path | None) -> Path:
         return folder
     parents = [os.path.dirname(os.path.abspath(f)) for f in files]
     return Path(os.path.commonpath(parents))
+
+
+def output_path(path: str, root: Path) -> Path:
+    """The annotated copy's path under the run's image folder: mirrors the tree under ``root``, never escapes."""
+    try:
+        relative = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root)))
+    except ValueError:  # another drive on Windows
+        relative = Path(os.path.basename(path))
+    parts = [part for part in relative.parts if part not in ("..", ".", "") and not os.path.isabs(part)]
+    relative = Path(*parts) if parts else Path(os.path.basename(path))
+    if relative.suffix.lower() not in WRITABLE_EXTENSIONS:  # OpenCV writes these; others (gif) become .png
+        relative = relative.with_name(relative.name + ".png")
+    return relative

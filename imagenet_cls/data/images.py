@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 from imagenet_cls.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
+WRITABLE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # what OpenCV writes
+IMAGE_EXTENSIONS = (*WRITABLE_EXTENSIONS, ".ppm", ".pgm", ".gif")
 # Formats the loader decodes (PIL's names, sniffed from the content, not the extension).
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF", "GIF", "PPM"})
 EXIF_ORIENTATION = 0x0112

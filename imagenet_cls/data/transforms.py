@@ -196,8 +196,6 @@ def _augmentations(data_config: dict[str, Any], auto_augment: str | None, color_
     from torchvision.transforms import Compose
 
     trivial = auto_augment in TRIVIAL_AUGMENT
-    if auto_augment and not trivial:
-        _fix_timm_posterize()
     try:
         _, secondary, _ = create_transform(
             input_size=data_config["input_size"],
@@ -215,6 +213,8 @@ def _augmentations(data_config: dict[str, Any], auto_augment: str | None, color_
             "augmix-m5, original or ta_wide"
         ) from None
     steps = list(secondary.transforms)
+    for step in steps:
+        _fix_posterize_ops(step)
     if trivial:
         from torchvision.transforms import InterpolationMode, TrivialAugmentWide
 
@@ -239,9 +239,14 @@ def posterize_keeping_zero_bits(img, bits_to_keep: int, **_):
     return ImageOps.posterize(img, bits_to_keep)
 
 
-def _fix_timm_posterize() -> None:
-    """Point timm's posterize ops at :func:`posterize_keeping_zero_bits` (idempotent; before ops are built)."""
-    from timm.data import auto_augment
+def _fix_posterize_ops(transform: Any) -> None:
+    """Point the posterize ops of this timm auto-augment transform at :func:`posterize_keeping_zero_bits`.
 
-    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
-        auto_augment.NAME_TO_OP[name] = posterize_keeping_zero_bits
+    RandAugment and AugMix hold ``ops``, AutoAugment a ``policy`` of op lists; timm's own op table stays untouched.
+    """
+    ops = list(getattr(transform, "ops", []))
+    for sub_policy in getattr(transform, "policy", []):
+        ops.extend(sub_policy)
+    for op in ops:
+        if getattr(op, "name", "").startswith("Posterize"):
+            op.aug_fn = posterize_keeping_zero_bits

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torchmetrics.classification import MulticlassAccuracy
 
+from imagenet_cls.data.batches import LabeledBatch, PredictBatch
 from imagenet_cls.errors import UserError
+from imagenet_cls.model.augment import create_mixup, create_random_erasing, create_training_loss, mixup_active
 from imagenet_cls.model.backbones import classifier_module, create_backbone, resolve_data_config
 from imagenet_cls.model.optim import Schedule, create_optimizer, lr_schedule, parameter_groups, scale_lr
 
@@ -186,26 +188,11 @@ class ClassificationModel(LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self._skipped: list[str] = []
-        self.mixup = None
-        if mixup_alpha > 0 or cutmix_alpha > 0:
-            from timm.data import Mixup
-
-            self.mixup = Mixup(
-                mixup_alpha=mixup_alpha,
-                cutmix_alpha=cutmix_alpha,
-                prob=mixup_prob,
-                switch_prob=mixup_switch_prob,
-                label_smoothing=label_smoothing,
-                num_classes=num_classes,
-            )
-        self.random_erasing = None
-        if random_erase_prob > 0:
-            from timm.data.random_erasing import RandomErasing
-
-            self.random_erasing = RandomErasing(
-                random_erase_prob, mode=random_erase_mode, max_count=random_erase_count, device="cpu"
-            )
-        self.train_loss = _training_loss(loss, label_smoothing, bce_target_threshold)
+        self.mixup = create_mixup(
+            num_classes, mixup_alpha, cutmix_alpha, mixup_prob, mixup_switch_prob, label_smoothing
+        )
+        self.random_erasing = create_random_erasing(random_erase_prob, random_erase_mode, random_erase_count)
+        self.train_loss = create_training_loss(loss, label_smoothing, bce_target_threshold)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 in 0-255 -> float32 normalised with the model's mean and std."""
@@ -219,7 +206,7 @@ class ClassificationModel(LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return self.backbone(images)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: LabeledBatch, batch_idx: int) -> torch.Tensor | None:
         images, targets = self._take_good(batch)
         if not len(targets):  # every file of the batch was skipped as unreadable
             return None
@@ -249,11 +236,11 @@ class ClassificationModel(LightningModule):
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+    def validation_step(self, batch: LabeledBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Logs the validation metrics; returns the batch's ``logits`` (for the evaluation report)."""
         return self._evaluate(batch, "val", self.val_acc, self.val_acc5)
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+    def test_step(self, batch: LabeledBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Logs the test metrics; returns the batch's ``logits`` (for the evaluation report)."""
         return self._evaluate(batch, "test", self.test_acc, self.test_acc5)
 
@@ -273,9 +260,7 @@ class ClassificationModel(LightningModule):
         return {"logits": logits.detach()}
 
     def _mixup_on(self, batch_size: int) -> bool:
-        off_epoch = self.hparams.mixup_off_epoch
-        active = self.mixup is not None and (off_epoch is None or self.current_epoch < off_epoch)
-        return active and batch_size % 2 == 0  # timm's Mixup pairs images: an odd last batch is left unmixed
+        return mixup_active(self.mixup, self.hparams.mixup_off_epoch, self.current_epoch, batch_size)
 
     def configure_callbacks(self) -> list:
         """EMA of the weights when ``ema_decay`` is set (Lightning's ``EMAWeightAveraging``)."""
@@ -285,12 +270,10 @@ class ClassificationModel(LightningModule):
 
         return [EMAWeightAveraging(decay=self.hparams.ema_decay)]
 
-    def _take_good(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    def _take_good(self, batch: LabeledBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and targets of a batch; paths of files skipped as unreadable (``skip_bad_images``) are kept."""
-        if len(batch) == 3:
-            self._skipped.extend(batch[2])
-            return batch[0], batch[1]
-        return batch
+        self._skipped.extend(batch.skipped)
+        return batch.images, batch.targets
 
     def _report_skipped(self, stage: str) -> None:
         if self._skipped:
@@ -317,7 +300,7 @@ class ClassificationModel(LightningModule):
         choice = self.hparams.predict_precision
         return choice == "bf16" or (choice == "auto" and cpu_has_native_bf16())
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def predict_step(self, batch: PredictBatch, batch_idx: int) -> torch.Tensor:
         """Class probabilities (B, num_classes), float32."""
         images = batch["image"]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._predict_bf16):
@@ -394,21 +377,6 @@ class ClassificationModel(LightningModule):
 
 class TrainingDiverged(UserError):
     """The training loss became NaN or infinite."""
-
-
-def _training_loss(kind: str, label_smoothing: float, bce_target_threshold: float | None):
-    """The training loss over logits and hard (B,) or soft (B, num_classes) targets."""
-    if kind == "bce":
-        from timm.loss import BinaryCrossEntropy
-
-        return BinaryCrossEntropy(smoothing=label_smoothing, target_threshold=bce_target_threshold)
-
-    def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if targets.ndim == 2:  # soft targets from mixup/cutmix, already smoothed
-            return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
-        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-
-    return cross_entropy
 
 
 def cpu_has_native_bf16() -> bool:

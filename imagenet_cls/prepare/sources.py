@@ -33,7 +33,7 @@ from typing import Literal
 from imagenet_cls.data.classes import imagenet_class_names, read_class_map, write_class_map
 from imagenet_cls.data.images import is_hidden, is_image_file, iter_image_files
 from imagenet_cls.data.layout import split_per_class
-from imagenet_cls.errors import UserError
+from imagenet_cls.errors import UserError, report_user_error
 
 Mode = Literal["auto", "link", "symlink", "copy"]
 WNID = re.compile(r"^n\d{8}$")
@@ -358,8 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_summary(summary))
         return 0
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_user_error(error)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""Out-of-memory and a killed DataLoader worker become one line with a remedy, instead of a traceback."""
+
+from __future__ import annotations
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class FailureAdvice(Callback):
+    """Keeps a one-line explanation of an out-of-memory error or a dead DataLoader worker in ``advice``.
+
+    The CLI adds it to every trainer; ``main`` prints ``advice`` instead of the traceback.
+    """
+
+    def __init__(self) -> None:
+        self.advice: str | None = None
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.advice = explain_failure(exception, trainer)
+
+
+def explain_failure(error: BaseException, trainer: Trainer) -> str | None:
+    """A one-line explanation of out-of-memory or a killed DataLoader worker; None for other errors."""
+    import torch
+
+    from imagenet_cls.callbacks.resume import last_checkpoint_path
+
+    if not isinstance(error, RuntimeError):  # torch.OutOfMemoryError is a RuntimeError
+        return None
+    text = str(error)
+    first = text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
+    last = last_checkpoint_path(trainer)
+    kept = f"; the last checkpoint ({last}) is intact: resume with --ckpt_path last" if last.is_file() else ""
+    data = trainer.datamodule
+    stage = getattr(trainer.state.fn, "value", trainer.state.fn) or "run"
+    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text:
+        return (
+            f"{stage}: out of memory ({first}): lower --data.batch_size (now {getattr(data, 'batch_size', '?')}) "
+            "or use "
+            f"--trainer.precision bf16-mixed (now {trainer.precision}), with "
+            f"--trainer.accumulate_grad_batches to keep the effective batch size{kept}"
+        )
+    if "DataLoader worker" in text and ("exited unexpectedly" in text or "killed by signal" in text):
+        return (
+            f"{stage}: a data-loading worker died ({first}), usually killed for lack of memory: lower "
+            "--data.num_workers "
+            f"(now {getattr(data, 'num_workers', '?')}) or --data.batch_size{kept}"
+        )
+    return None

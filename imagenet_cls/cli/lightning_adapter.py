@@ -1,0 +1,25 @@
+"""The one place that relies on a private LightningCLI method: arguments that only one subcommand has.
+
+LightningCLI's public ``add_arguments_to_parser`` runs for every subcommand's parser without saying which one.
+``_prepare_subcommand_parser(klass, subcommand, **kwargs)`` is where it builds each of them; this adapter hands the
+finished parser and the subcommand's name to ``add_subcommand_arguments``. ``tests/test_lightning_adapter.py`` fails
+when Lightning renames or stops calling it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+
+class SubcommandArgumentsCLI(LightningCLI):
+    """LightningCLI with a per-subcommand argument hook."""
+
+    def add_subcommand_arguments(self, parser: LightningArgumentParser, subcommand: str) -> None:
+        """Implement to add arguments to the parser of ``subcommand`` only (they are not passed to the trainer)."""
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        self.add_subcommand_arguments(parser, subcommand)
+        return parser
