@@ -408,6 +408,10 @@ def test_evaluation_keeps_the_model_classes(fitted, tmp_path, capsys):
     assert cli.model.hparams.num_classes == 3 and cli.model.hparams.classes[2] == "n00000003"
     assert cli.datamodule.datasets["val"].samples[0][1] == 2  # the model's index of n00000003, not 0
     assert cli.trainer.callback_metrics["val_images"] == 4
+    restricted = ImageNetCLI(
+        args=["validate", "--ckpt_path", str(best), *args, *FAST_TRAINER, "--data.class_subset", "true"]
+    )
+    assert restricted.trainer.callback_metrics["val_acc"] == 1.0  # one class present: the only one scored
     stranger = make_class_folders(tmp_path / "stranger", per_class=2, classes={"n09999999": (1, 2, 3)})
     message = _error_of(capsys, "validate", "--ckpt_path", str(best), "--data.data_dir", str(stranger), *FAST_TRAINER)
     assert "n09999999 unknown to the model" in message

@@ -229,6 +229,9 @@ class ImageNetCLI(SubcommandArgumentsCLI):
         self.datamodule.set_preprocessing(self.model.data_config, self.model.train_input_size)
         if self._layout is not None:
             self.datamodule.use_layout(self._layout, self.model.hparams.classes)
+            if self.datamodule.class_subset and self.subcommand in ("validate", "test"):
+                index = {folder: i for i, folder in enumerate(self.model.hparams.classes)}
+                self.model.restrict_to_classes(sorted(index[folder] for folder in self._layout.classes))
         if self.subcommand != "fit":
             return
         for callback in self.trainer.callbacks:

@@ -53,6 +53,9 @@ class ImageNetDataModule(LightningDataModule):
         color_jitter: Colour jitter strength in training (off when None).
         sample_timeout: Seconds one image may take to read and preprocess before the run stops with an error naming
             it (a hung network mount, a stuck read), instead of hanging; None: no limit.
+        class_subset: In validate and test of a model that knows more classes than ``data_dir`` holds (a checkpoint
+            or pretrained ImageNet weights on some of their classes): score only the classes present, as timm does
+            for ImageNet-A/R (the other classes' logits are masked). Off: the model chooses among all its classes.
         skip_bad_images: Skip files that cannot be decoded (each logged; ``val_images``/``test_images`` count the
             images metrics were computed over) instead of stopping with an error naming the file.
     """
@@ -73,6 +76,7 @@ class ImageNetDataModule(LightningDataModule):
         crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
         auto_augment: str | None = None,
         color_jitter: float | None = None,
+        class_subset: bool = False,
         skip_bad_images: bool = False,
         sample_timeout: float | None = 120.0,
     ) -> None:
@@ -93,6 +97,7 @@ class ImageNetDataModule(LightningDataModule):
             "auto_augment": auto_augment,
             "color_jitter": color_jitter,
         }
+        self.class_subset = class_subset
         self.skip_bad_images = skip_bad_images
         self.sample_timeout = sample_timeout
         self.datasets: dict[str, Any] = {}

@@ -156,6 +156,8 @@ class ClassificationModel(LightningModule):
         random_erase_mode: Literal["pixel", "rand", "const"] = "pixel",
         random_erase_count: int = 1,
     ) -> None:
+        # Long for its signature: each typed parameter is a --model.* option (jsonargparse) and a saved
+        # hyper-parameter that old checkpoints and configs load by name, so they stay flat.
         super().__init__()
         self.save_hyperparameters()
         extra = {}
@@ -188,11 +190,19 @@ class ClassificationModel(LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self._skipped: list[str] = []
+        self._class_mask: torch.Tensor | None = None  # restrict_to_classes
         self.mixup = create_mixup(
             num_classes, mixup_alpha, cutmix_alpha, mixup_prob, mixup_switch_prob, label_smoothing
         )
         self.random_erasing = create_random_erasing(random_erase_prob, random_erase_mode, random_erase_count)
         self.train_loss = create_training_loss(loss, label_smoothing, bce_target_threshold)
+
+    def restrict_to_classes(self, indices: list[int] | None) -> None:
+        """Evaluate over these class indices only (the other logits masked); None: all classes."""
+        self._class_mask = None
+        if indices is not None:
+            self._class_mask = torch.zeros(self.hparams.num_classes, dtype=torch.bool)
+            self._class_mask[list(indices)] = True
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 in 0-255 -> float32 normalised with the model's mean and std."""
@@ -251,6 +261,8 @@ class ClassificationModel(LightningModule):
         if not len(targets):
             return {"logits": torch.empty((0, self.hparams.num_classes), device=self.device)}
         logits = self(images)
+        if self._class_mask is not None:  # --data.class_subset: the classes present only
+            logits = logits.masked_fill(~self._class_mask.to(logits.device), torch.finfo(logits.dtype).min)
         size = len(targets)
         self.log(f"{stage}_loss", F.cross_entropy(logits, targets), sync_dist=True, prog_bar=True, batch_size=size)
         acc(logits, targets)
