@@ -51,8 +51,10 @@ def run_demo(data_dir: Path, config: Path, root_dir: Path) -> dict[str, float]:
     import pandas as pd
 
     from imagenet_cls.cli import ImageNetCLI, main
+    from imagenet_cls.cli.app import _configure_logging
     from imagenet_cls.data.layout import read_layout
 
+    _configure_logging()  # as main() does: our log lines shown, library noise filtered
     export_digits(data_dir)
     sys.argv = sys.argv[:1]  # the CLI below gets its arguments explicitly
     started = time.perf_counter()

@@ -33,7 +33,7 @@ DEFAULT_CALLBACKS = [
         "init_args": {"monitor": "val_acc", "mode": "max", "patience": 10},
     },
     {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
-    {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
+    {"class_path": "imagenet_cls.callbacks.progress.AutoProgressBar"},  # Rich on a terminal, plain lines in a file
     {"class_path": "imagenet_cls.callbacks.signals.GracefulShutdown"},
     {"class_path": "imagenet_cls.callbacks.report.EvaluationReport"},
 ]
@@ -262,6 +262,7 @@ class ImageNetCLI(LightningCLI):
 
     # ---- after instantiation ---------------------------------------------------------------------------------
     def after_instantiate_classes(self) -> None:
+        _drop_unset_wandb_anonymous(self.trainer)
         if self.subcommand != "fit":
             return
         for callback in self.trainer.callbacks:
@@ -389,6 +390,18 @@ def _continue_run(trainer: Namespace, checkpoint: Path) -> None:
         logger.init_args = init_args
 
 
+def _drop_unset_wandb_anonymous(trainer: Trainer) -> None:
+    """Leave ``anonymous`` out of ``wandb.init`` when it is unset.
+
+    Lightning's WandbLogger always passes ``anonymous=None``, and W&B (0.31 here) answers with a warning that the
+    setting "has no effect".
+    """
+    for logger in trainer.loggers:
+        init = getattr(logger, "_wandb_init", None)
+        if isinstance(init, dict) and "anonymous" in init and init["anonymous"] is None:
+            del init["anonymous"]
+
+
 def _fits(callback: Any, trainer: Namespace) -> bool:
     """Drop default callbacks that other trainer flags rule out, instead of failing on the combination."""
     name = _named(callback)
@@ -446,8 +459,16 @@ def _wandb_api_key_present() -> bool:
         return False
 
 
-def _drop_promotional_tips(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("💡 Tip")
+# Lightning's start-up lines nobody needs: promotional tips, an internal step, hardware that is not there.
+LIGHTNING_NOISE = (
+    "💡 Tip",
+    "Loading `train_dataloader` to estimate number of stepping batches",
+    "TPU available: False",
+)
+
+
+def _drop_lightning_noise(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(LIGHTNING_NOISE)
 
 
 def main(args: list[str] | None = None) -> int:
@@ -474,9 +495,14 @@ def _one_line(error: UserError) -> str:
 
 
 def _configure_logging() -> None:
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    """Our log lines on stderr; Lightning's and torch's noise filtered at its source (the demo calls this too)."""
+    # Lightning 2.6 builds torch's deprecated LeafSpec (torch >= 2.10 warns); nothing a user can change.
+    warnings.filterwarnings(
+        "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning, module=r"lightning\.pytorch"
+    )
     for handler in logging.getLogger("lightning.pytorch").handlers:
-        handler.addFilter(_drop_promotional_tips)
+        if _drop_lightning_noise not in handler.filters:
+            handler.addFilter(_drop_lightning_noise)
     logger = logging.getLogger("imagenet_cls")
     if not logger.handlers:
         handler = logging.StreamHandler()

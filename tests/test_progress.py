@@ -1,0 +1,132 @@
+"""Progress without a terminal: plain lines in a redirected log, and no library noise in fit, validate, predict."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import RichProgressBar
+
+from imagenet_cls.callbacks.progress import AutoProgressBar, PlainProgressBar, _batch_size, _Stage
+from tests.conftest import TINY_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+NOISE = re.compile(r"💡|Tip:|[Dd]eprecat|FutureWarning|UserWarning|anonymous|Loading `train_dataloader`|TPU available")
+ANSI = "\x1b["
+
+
+def run_logged(args: list[str], log: Path, cwd: Path) -> tuple[str, str]:
+    """``cli.py ARGS`` with stdout in ``log`` (a file, as under SLURM or nohup); returns (stdout, stderr)."""
+    # No W&B credentials and no mode variable: the default W&B logger goes offline, as for a new user.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "TTY_", "FORCE_COLOR"))}
+    env |= {"HOME": str(cwd), "PYTHONPATH": str(REPO)}
+    with open(log, "w") as out:
+        done = subprocess.run(
+            [sys.executable, str(REPO / "cli.py"), *args],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=cwd,
+            timeout=600,
+        )
+    stdout = log.read_text()
+    assert done.returncode == 0, done.stderr[-3000:]
+    return stdout, done.stderr
+
+
+def test_redirected_fit_validate_predict_print_plain_lines_and_no_noise(split_folders, tmp_path):
+    common = ["--data.num_workers", "0", "--trainer.accelerator", "cpu", "--trainer.default_root_dir", "runs"]
+    fit_out, fit_err = run_logged(
+        ["fit", *TINY_MODEL, "--data.data_dir", str(split_folders), "--data.batch_size", "4",
+         "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1", *common],
+        tmp_path / "fit.log",
+        tmp_path,
+    )  # fmt: skip
+    # 36 training images in 9 batches: a line every 10% (each batch here) with rate, ETA and the step's loss.
+    steps = re.findall(r"^epoch (\d)/1 train (\d)/9 \(\d+%\) [\d.]+ img/s, \d:\d\d:\d\d elapsed, ETA \d:\d\d:\d\d, "
+                       r"train_loss [\d.e+-]+$", fit_out, re.MULTILINE)  # fmt: skip
+    assert [int(b) for e, b in steps if e == "0"] == list(range(1, 9)), fit_out
+    for epoch in ("0", "1"):
+        assert re.search(rf"^epoch {epoch}/1 val done in \d:\d\d:\d\d \([\d.]+ img/s\): val_acc [\d.]+, val_acc5 [\d.]+, "
+                         r"val_images 12, val_loss [\d.]+$", fit_out, re.MULTILINE), fit_out  # fmt: skip
+        summary = re.search(rf"^epoch {epoch}/1 done in \d:\d\d:\d\d \([\d.]+ img/s\): (.*)$", fit_out, re.MULTILINE)
+        assert summary and "lr " in summary[1] and "train_loss" in summary[1] and "val_acc" in summary[1], fit_out
+    assert re.search(r"^test done in .*: test_acc [\d.]+, test_acc5 [\d.]+, test_images 12, ", fit_out, re.MULTILINE)
+    assert "W&B: no API key found; logging offline" in fit_err  # our one W&B line ...
+    assert not re.search(r"^wandb:", fit_err, re.MULTILINE), fit_err  # ... and none of W&B's own
+
+    ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
+    val_out, val_err = run_logged(
+        ["validate", "--ckpt_path", str(ckpt), "--data.data_dir", str(split_folders), *common],
+        tmp_path / "validate.log",
+        tmp_path,
+    )
+    assert re.search(r"^validate done in .*: val_acc [\d.]+, val_acc5 [\d.]+, val_images 12, ", val_out, re.MULTILINE)
+
+    images = split_folders / "test"
+    pred_out, pred_err = run_logged(
+        ["predict", "--ckpt_path", str(ckpt), "--data.mode", "predict", "--data.predict_path", str(images),
+         "--data.batch_size", "2", "--writer.output_dir", "preds", *common[:4]],
+        tmp_path / "predict.log",
+        tmp_path,
+    )  # fmt: skip
+    assert re.search(r"^predict 1/6 \(17%\) [\d.]+ img/s", pred_out, re.MULTILINE), pred_out
+    assert re.search(r"^predict done in \d:\d\d:\d\d \([\d.]+ img/s\)$", pred_out, re.MULTILINE), pred_out
+
+    for text in (fit_out, fit_err, val_out, val_err, pred_out, pred_err):
+        assert ANSI not in text  # no Rich live display or colour codes in a file
+        assert not NOISE.search(text), NOISE.search(text)
+        assert not re.search(r"\.py:\d+: ", text), text  # no warnings.warn location lines at all
+
+
+def test_auto_progress_bar_is_rich_on_a_terminal_and_plain_in_a_file(monkeypatch):
+    monkeypatch.setenv("TTY_INTERACTIVE", "1")
+    assert type(AutoProgressBar()) is RichProgressBar
+    monkeypatch.delenv("TTY_INTERACTIVE")
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # a file: not a terminal
+    bar = AutoProgressBar(every_percent=25, every_seconds=60)
+    assert type(bar) is PlainProgressBar and (bar.every_percent, bar.every_seconds) == (25, 60)
+
+
+def test_lines_every_share_or_every_interval(capsys, monkeypatch):
+    bar = PlainProgressBar(every_percent=25, every_seconds=0)
+    stage = _Stage("test", total=8)
+    batch = (torch.zeros(4, 3, 8, 8), torch.zeros(4))
+    for _ in range(8):
+        bar._advance(stage, batch)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines] == ["2/8", "4/8", "6/8"]  # 25%, 50%, 75%; 100% is the done line
+    assert all(" img/s, " in line for line in lines) and stage.images == 32
+
+    now = [0.0]
+    monkeypatch.setattr("imagenet_cls.callbacks.progress.time.monotonic", lambda: now[0])
+    bar = PlainProgressBar(every_percent=0, every_seconds=250)
+    stage = _Stage("predict", total=float("inf"))  # a loader without a length: lines by time only, no ETA
+    for _ in range(6):
+        now[0] += 100.0  # 100 s per batch of 2 images
+        bar._advance(stage, {"image": torch.zeros(2, 3, 8, 8), "path": ["a", "b"]})
+    assert capsys.readouterr().out.splitlines() == [
+        "predict 3 0.02 img/s, 0:05:00 elapsed",
+        "predict 6 0.02 img/s, 0:10:00 elapsed",
+    ]
+
+
+def test_batch_size_of_common_batch_shapes():
+    assert _batch_size((torch.zeros(5, 3, 2, 2), torch.zeros(5))) == 5
+    assert _batch_size({"image": torch.zeros(3, 3, 2, 2), "path": ["a", "b", "c"]}) == 3
+    assert _batch_size(torch.zeros(7, 2)) == 7
+    assert _batch_size(["not", "tensors"]) == 0
+
+
+def test_progress_bar_options_are_checked():
+    with pytest.raises(ValueError, match="every_percent"):
+        PlainProgressBar(every_percent=-1)
