@@ -54,8 +54,8 @@ def test_redirected_fit_validate_predict_print_plain_lines_and_no_noise(split_fo
                        r"train_loss [\d.e+-]+$", fit_out, re.MULTILINE)  # fmt: skip
     assert [int(b) for e, b in steps if e == "0"] == list(range(1, 9)), fit_out
     for epoch in ("0", "1"):
-        assert re.search(rf"^epoch {epoch}/1 val done in \d:\d\d:\d\d \([\d.]+ img/s\): val_acc [\d.]+, val_acc5 [\d.]+, "
-                         r"val_images 12, val_loss [\d.]+$", fit_out, re.MULTILINE), fit_out  # fmt: skip
+        val = rf"^epoch {epoch}/1 val done in \d:\d\d:\d\d \([\d.]+ img/s\): val_acc [\d.]+, val_acc5 [\d.]+, "
+        assert re.search(val + r"val_images 12, val_loss [\d.]+$", fit_out, re.MULTILINE), fit_out
         summary = re.search(rf"^epoch {epoch}/1 done in \d:\d\d:\d\d \([\d.]+ img/s\): (.*)$", fit_out, re.MULTILINE)
         assert summary and "lr " in summary[1] and "train_loss" in summary[1] and "val_acc" in summary[1], fit_out
     assert re.search(r"^test done in .*: test_acc [\d.]+, test_acc5 [\d.]+, test_images 12, ", fit_out, re.MULTILINE)
