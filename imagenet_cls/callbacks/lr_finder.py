@@ -33,7 +33,8 @@ class LearningRateFinder(LightningLearningRateFinder):
     With ``model.lr_base_batch_size`` set, ``model.lr`` is stored per that base batch size, so that the rate used
     is the suggestion. The suggestion is the head's rate: ``backbone_lr_scale`` and ``layer_decay`` still apply.
     Writes ``lr_find.png`` (loss against learning rate, the suggestion marked) and ``lr_find.json`` into the run
-    folder. The model's weights and optimizer state are restored after the search.
+    folder. The model's weights and optimizer state are restored after the search. A ``BatchSizeFinder`` among the
+    callbacks searches first, wherever it is listed; neither searches when fit resumes a checkpoint.
 
     Args:
         min_lr: Lowest learning rate tried.
@@ -68,15 +69,17 @@ class LearningRateFinder(LightningLearningRateFinder):
         self.lr_find(trainer, pl_module)
 
     def lr_find(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if _resuming(trainer, "learning-rate"):
+            return
         hparams = pl_module.hparams
         before = hparams.get("lr")
         factor = _lr_scaling_factor(trainer, hparams)  # rate used = model.lr * factor
-        with _searching(pl_module):
+        with _searching(trainer, pl_module):
             super().lr_find(trainer, pl_module)
-        finder = self.optimal_lr
-        if finder is None:  # fast_dev_run: Lightning skipped the search
-            return
-        self.suggestion = finder.suggestion()
+            finder = self.optimal_lr
+            if finder is None:  # fast_dev_run: Lightning skipped the search
+                return
+            self.suggestion = finder.suggestion()
         if self.suggestion is not None and self._update_attr:
             if "lr" in hparams and factor != 1.0:
                 hparams["lr"] = self.suggestion / factor
@@ -102,7 +105,9 @@ class LearningRateFinder(LightningLearningRateFinder):
         _plot(finder, self.files["plot"], self.suggestion)
         if self.suggestion is None:
             log.warning(
-                "learning-rate finder: no suggestion (too few finite losses); model.lr stays %s. Plot: %s",
+                "learning-rate finder: no suggestion from %d steps (it needs 13 with a finite loss: raise "
+                "num_training_steps or the batches per epoch, or lower max_lr); model.lr stays %s. Plot: %s",
+                result["steps"],
                 before,
                 self.files["plot"],
             )
@@ -160,8 +165,10 @@ class BatchSizeFinder(LightningBatchSizeFinder):
             self.scale_batch_size(trainer, pl_module)
 
     def scale_batch_size(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if _resuming(trainer, "batch-size"):
+            return
         before = lightning_getattr(pl_module, self._batch_arg_name)
-        with _searching(pl_module):
+        with _searching(trainer, pl_module):
             super().scale_batch_size(trainer, pl_module)
         if self.optimal_batch_size is None:  # fast_dev_run: Lightning skipped the search
             return
@@ -196,14 +203,29 @@ def _lr_scaling_factor(trainer: Trainer, hparams: Any) -> float:
 
 
 # Lightning's lines about its own temporary checkpoint and inner fit loop, which read as if training had ended.
-SEARCH_NOISE = ("`weights_only` was not set", "`Trainer.fit` stopped", "Learning rate set to", "Restor")
+SEARCH_NOISE = (
+    "`weights_only` was not set",
+    "`Trainer.fit` stopped",
+    "Learning rate set to",
+    "Restor",
+    "Failed to compute suggestion",  # our own warning says it, with the remedy
+)
+
+
+def _resuming(trainer: Trainer, what: str) -> bool:
+    """No search when fit resumes a checkpoint: the search's own restore would drop the resumed optimizer state."""
+    if trainer.ckpt_path is None:
+        return False
+    log.info("%s finder: skipped, fit resumes %s", what, trainer.ckpt_path)
+    return True
 
 
 @contextmanager
-def _searching(pl_module: LightningModule) -> Iterator[None]:
+def _searching(trainer: Trainer, pl_module: LightningModule) -> Iterator[None]:
     """During a search: a NaN loss at the top of the range must not stop the run, and Lightning's internals are quiet.
 
-    The model's ``nonfinite_loss`` is ``skip`` meanwhile (without its warning line).
+    The model's ``nonfinite_loss`` is ``skip`` meanwhile (without its warning line). Afterwards the trainer no longer
+    names the search's deleted temporary checkpoint as the one the fit started from.
     """
     hparams = pl_module.hparams
     stopping = hparams.get("nonfinite_loss") == "stop"
@@ -216,6 +238,7 @@ def _searching(pl_module: LightningModule) -> Iterator[None]:
     try:
         yield
     finally:
+        trainer._checkpoint_connector._ckpt_path = None  # else "Restored all states from <temporary file>" follows
         if stopping:
             hparams["nonfinite_loss"] = "stop"
         for target in (*filtered, *handlers):
