@@ -84,3 +84,14 @@ def test_batch_size_finder_runs_first_and_scaled_lr_uses_it(digits, tmp_path):
     # model.lr is per 16 images; 32 images per step scale it by 2 (linear), so the rate used is the suggestion.
     assert cli.model.hparams.lr == pytest.approx(suggestion / 2)
     assert rates_in_use(cli) == pytest.approx([suggestion] * len(rates_in_use(cli)))
+
+
+def test_finders_do_not_search_when_fit_resumes(caplog):
+    from types import SimpleNamespace
+
+    from imagenet_cls.callbacks.lr_finder import _resuming
+
+    assert not _resuming(SimpleNamespace(ckpt_path=None), "learning-rate")
+    with caplog.at_level("INFO", logger="imagenet_cls"):
+        assert _resuming(SimpleNamespace(ckpt_path="runs/x/checkpoints/last.ckpt"), "learning-rate")
+    assert "learning-rate finder: skipped, fit resumes runs/x/checkpoints/last.ckpt" in caplog.text

@@ -58,6 +58,7 @@ def test_redirected_fit_validate_predict_print_plain_lines_and_no_noise(split_fo
         assert re.search(val + r"val_images 12, val_loss [\d.]+$", fit_out, re.MULTILINE), fit_out
         summary = re.search(rf"^epoch {epoch}/1 done in \d:\d\d:\d\d \([\d.]+ img/s\): (.*)$", fit_out, re.MULTILINE)
         assert summary and "lr " in summary[1] and "train_loss" in summary[1] and "val_acc" in summary[1], fit_out
+    assert not re.search(r"^epoch \d/1 val \d", fit_out, re.MULTILINE)  # short validations in fit: summary only
     assert re.search(r"^test done in .*: test_acc [\d.]+, test_acc5 [\d.]+, test_images 12, ", fit_out, re.MULTILINE)
     assert "W&B: no API key found; logging offline" in fit_err  # our one W&B line ...
     assert not re.search(r"^wandb:", fit_err, re.MULTILINE), fit_err  # ... and none of W&B's own
@@ -84,6 +85,20 @@ def test_redirected_fit_validate_predict_print_plain_lines_and_no_noise(split_fo
         assert ANSI not in text  # no Rich live display or colour codes in a file
         assert not NOISE.search(text), NOISE.search(text)
         assert not re.search(r"\.py:\d+: ", text), text  # no warnings.warn location lines at all
+
+
+def test_auto_progress_bar_on_a_real_terminal_is_rich():
+    """stdout on a pseudo-terminal, as in an interactive shell."""
+    import pty
+
+    code = "from imagenet_cls.callbacks.progress import AutoProgressBar; print(type(AutoProgressBar()).__name__)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TTY_", "FORCE_COLOR"))} | {"TERM": "xterm"}
+    leader, follower = pty.openpty()
+    with os.fdopen(leader, "rb", buffering=0) as terminal:
+        done = subprocess.run([sys.executable, "-c", code], stdout=follower, env=env, cwd=REPO, timeout=120)
+        os.close(follower)
+        assert done.returncode == 0
+        assert terminal.read(4096).decode().strip() == "RichProgressBar"
 
 
 def test_auto_progress_bar_is_rich_on_a_terminal_and_plain_in_a_file(monkeypatch):

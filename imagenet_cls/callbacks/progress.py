@@ -61,9 +61,10 @@ class AutoProgressBar(ProgressBar):
 class _Stage:
     """Counters of one running stage (an epoch's training, one validation, a test or a predict run)."""
 
-    def __init__(self, label: str, total: float) -> None:
+    def __init__(self, label: str, total: float, by_share: bool = True) -> None:
         self.label = label
         self.total = total  # batches; inf when the loader has no length
+        self.by_share = by_share  # lines every few percent; else only every few minutes
         self.batches = 0
         self.images = 0
         self.started = self.last_line = time.monotonic()
@@ -85,7 +86,8 @@ class PlainProgressBar(ProgressBar):
 
     Each stage (an epoch's training, a validation, a test, a predict run) prints a line with its batch count,
     images per second, elapsed time, ETA and step metrics (the training loss) every ``every_percent`` of its
-    batches or every ``every_seconds``, whichever comes first; then one summary line with its metrics.
+    batches or every ``every_seconds``, whichever comes first; then one summary line with its metrics. The
+    validation within fit prints progress lines by time only (it is usually short).
 
     Args:
         every_percent: A progress line each time this share of a stage's batches is done (0: only by time).
@@ -150,8 +152,10 @@ class PlainProgressBar(ProgressBar):
     # ---- validation, test, predict -----------------------------------------------------------------------------
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
-            label = f"{self._epoch(trainer)} val" if trainer.state.fn == "fit" else "validate"
-            self._eval = _Stage(label, _sum(trainer.num_val_batches))
+            fitting = trainer.state.fn == "fit"
+            label = f"{self._epoch(trainer)} val" if fitting else "validate"
+            # Within fit, a validation is usually short: its summary line, and progress lines only by time.
+            self._eval = _Stage(label, _sum(trainer.num_val_batches), by_share=not fitting)
 
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, *args: Any
@@ -203,7 +207,8 @@ class PlainProgressBar(ProgressBar):
             return
         now = time.monotonic()
         finite = math.isfinite(stage.total) and stage.total > 0
-        bucket = int(100 * stage.batches / stage.total // self.every_percent) if finite and self.every_percent else 0
+        by_share = finite and stage.by_share and self.every_percent > 0
+        bucket = int(100 * stage.batches / stage.total // self.every_percent) if by_share else 0
         due_by_share = bucket > stage.last_bucket and stage.batches < stage.total
         due_by_time = self.every_seconds and now - stage.last_line >= self.every_seconds
         if not (due_by_share or due_by_time):
