@@ -119,7 +119,13 @@ def main() -> None:
     if args.command == "export":
         print(f"{export_digits(args.destination)} digit images in {args.destination}")
     else:
-        run_demo(args.data_dir, args.config, args.root_dir)
+        from imagenet_cls.errors import UserError
+
+        try:
+            run_demo(args.data_dir, args.config, args.root_dir)
+        except UserError as error:  # as the CLI's main: one line, no traceback
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -87,6 +87,33 @@ def test_redirected_fit_validate_predict_print_plain_lines_and_no_noise(split_fo
         assert not re.search(r"\.py:\d+: ", text), text  # no warnings.warn location lines at all
 
 
+@pytest.mark.slow
+def test_demo_redirected_is_quiet(tmp_path):
+    """``make demo`` (its own entry point, not main) with a one-epoch config, stdout in a file."""
+    config = tmp_path / "tiny_demo.yaml"
+    demo = (REPO / "config" / "demo.yaml").read_text()
+    config.write_text(
+        demo.replace("max_epochs: 12", "max_epochs: 1\n  limit_train_batches: 3")
+        .replace("log_every_n_steps: 10", "log_every_n_steps: 1")
+        .replace("resnet18", "test_resnet")
+        .replace("num_workers: 2", "num_workers: 0")
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "TTY_", "FORCE_COLOR"))}
+    env |= {"HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    args = ["run", "--config", str(config), "--data_dir", "digits", "--root_dir", "runs"]
+    with open(tmp_path / "demo.log", "w") as out:
+        done = subprocess.run([sys.executable, "-m", "imagenet_cls.demo", *args], stdout=out, stderr=subprocess.PIPE,
+                              text=True, env=env, cwd=tmp_path, timeout=900)  # fmt: skip
+    stdout = (tmp_path / "demo.log").read_text()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"^epoch 0/0 done in .*val_acc", stdout, re.MULTILINE) and "demo: test_acc=" in stdout
+    assert "W&B: no API key found; logging offline" in done.stderr  # the demo's own log lines are shown
+    for text in (stdout, done.stderr):
+        assert ANSI not in text
+        assert not NOISE.search(text), NOISE.search(text)
+        assert not re.search(r"\.py:\d+: ", text), text
+
+
 def test_auto_progress_bar_on_a_real_terminal_is_rich():
     """stdout on a pseudo-terminal, as in an interactive shell."""
     import pty
