@@ -2,11 +2,11 @@
 
 Rich's bar redraws one screen region; with stdout redirected (SLURM, nohup, CI, ``> log.txt``) it prints nothing
 until the stage ends, so hours of training leave an empty log. :class:`PlainProgressBar` prints a line every few
-percent of a stage (or every few minutes) and one summary line per epoch and per evaluation, e.g.::
+percent of a stage (or every few minutes) and one summary line per epoch and per evaluation, e.g. (a tiny run)::
 
-    epoch 3/89 train 1250/5005 (25%) 812.3 img/s, 0:01:32 elapsed, ETA 0:04:37, train_loss 2.314
-    epoch 3/89 val done in 0:00:20 (2435.1 img/s): val_acc 0.521, val_acc5 0.779, val_images 50000, val_loss 2.01
-    epoch 3/89 done in 0:06:29 (812.3 img/s): train_acc 0.45, train_loss 2.31, val_acc 0.521, ...
+    epoch 0/1 train 8/9 (89%) 4.17 img/s, 0:00:07 elapsed, ETA 0:00:00, train_loss 3.594
+    epoch 0/1 val done in 0:00:00 (45.0 img/s): val_acc 0.3333, val_acc5 1, val_images 12, val_loss 28.42
+    epoch 0/1 done in 0:00:08 (4.18 img/s): lr 0.05868, train_acc 0.2778, train_loss 1.865, val_acc 0.3333, ...
 
 Epochs count from 0, as in checkpoint names (``epoch=03``) and Lightning's own bar.
 :class:`AutoProgressBar` (in the default callbacks) picks one of the two when the run starts.
