@@ -172,3 +172,16 @@ def test_batch_size_of_common_batch_shapes():
 def test_progress_bar_options_are_checked():
     with pytest.raises(ValueError, match="every_percent"):
         PlainProgressBar(every_percent=-1)
+
+
+def test_enable_after_a_finder_keeps_other_ranks_quiet():
+    from types import SimpleNamespace
+
+    bar = PlainProgressBar()
+    bar._trainer = SimpleNamespace(is_global_zero=False)
+    bar.disable()  # as Lightning's setup does on ranks other than 0
+    bar.enable()  # as the learning-rate and batch-size finders do after their search
+    assert bar.is_disabled
+    bar._trainer = SimpleNamespace(is_global_zero=True)
+    bar.enable()
+    assert bar.is_enabled

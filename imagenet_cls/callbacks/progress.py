@@ -109,7 +109,8 @@ class PlainProgressBar(ProgressBar):
         self._enabled = False
 
     def enable(self) -> None:
-        self._enabled = True
+        # The finders re-enable the bar after their search: on other ranks than 0 it stays off.
+        self._enabled = self._trainer is None or self._trainer.is_global_zero
 
     @property
     def is_enabled(self) -> bool:
