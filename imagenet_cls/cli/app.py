@@ -496,7 +496,7 @@ def _one_line(error: UserError) -> str:
 
 def _configure_logging() -> None:
     """Our log lines on stderr; Lightning's and torch's noise filtered at its source (the demo calls this too)."""
-    # Lightning 2.6 builds torch's deprecated LeafSpec (torch >= 2.10 warns); nothing a user can change.
+    # Lightning 2.6 builds torch's deprecated LeafSpec (torch 2.14 here warns); nothing a user can change.
     warnings.filterwarnings(
         "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning, module=r"lightning\.pytorch"
     )
