@@ -51,8 +51,10 @@ def run_demo(data_dir: Path, config: Path, root_dir: Path) -> dict[str, float]:
     import pandas as pd
 
     from imagenet_cls.cli import ImageNetCLI, main
+    from imagenet_cls.cli.app import configure_logging
     from imagenet_cls.data.layout import read_layout
 
+    configure_logging()  # as main() does: our log lines shown, library noise filtered
     export_digits(data_dir)
     sys.argv = sys.argv[:1]  # the CLI below gets its arguments explicitly
     started = time.perf_counter()
@@ -117,7 +119,13 @@ def main() -> None:
     if args.command == "export":
         print(f"{export_digits(args.destination)} digit images in {args.destination}")
     else:
-        run_demo(args.data_dir, args.config, args.root_dir)
+        from imagenet_cls.errors import UserError
+
+        try:
+            run_demo(args.data_dir, args.config, args.root_dir)
+        except UserError as error:  # as the CLI's main: one line, no traceback
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 
 from imagenet_cls.cli import config_edits as edits
 from imagenet_cls.cli.failures import FailureAdvice
-from imagenet_cls.cli.lightning_adapter import SubcommandArgumentsCLI
+from imagenet_cls.cli.lightning_adapter import SubcommandArgumentsCLI, drop_unset_wandb_anonymous
 from imagenet_cls.cli.wandb_setup import wandb_offline_without_key
 from imagenet_cls.data.datamodule import ImageNetDataModule, scan_data_dir
 from imagenet_cls.data.layout import DatasetLayout
@@ -226,6 +226,7 @@ class ImageNetCLI(SubcommandArgumentsCLI):
 
     # ---- after instantiation: hand the decisions to the data module --------------------------------------------
     def after_instantiate_classes(self) -> None:
+        drop_unset_wandb_anonymous(self.trainer)
         self.datamodule.set_preprocessing(self.model.data_config, self.model.train_input_size)
         if self._layout is not None:
             self.datamodule.use_layout(self._layout, self.model.hparams.classes)
@@ -260,7 +261,7 @@ def _preview(classes: list[str]) -> str:
 
 def main(args: list[str] | None = None) -> int:
     """Run the CLI; a user mistake prints one ``error:`` line and returns 2 instead of a traceback."""
-    _configure_logging()
+    configure_logging()
     advice = FailureAdvice()
     try:
         ImageNetCLI(args=args, failure_advice=advice)
@@ -273,14 +274,27 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
-def _drop_promotional_tips(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("💡 Tip")
+# Lightning's start-up lines nobody needs: promotional tips, an internal step, hardware that is not there.
+LIGHTNING_NOISE = (
+    "💡 Tip",
+    "Loading `train_dataloader` to estimate number of stepping batches",
+    "TPU available: False",
+)
 
 
-def _configure_logging() -> None:
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+def _drop_lightning_noise(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(LIGHTNING_NOISE)
+
+
+def configure_logging() -> None:
+    """Our log lines on stderr; Lightning's and torch's noise filtered at its source (the demo calls this too)."""
+    # Lightning 2.6 builds torch's deprecated LeafSpec (torch 2.14 here warns); nothing a user can change.
+    warnings.filterwarnings(
+        "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning, module=r"lightning\.pytorch"
+    )
     for handler in logging.getLogger("lightning.pytorch").handlers:
-        handler.addFilter(_drop_promotional_tips)
+        if _drop_lightning_noise not in handler.filters:
+            handler.addFilter(_drop_lightning_noise)
     logger = logging.getLogger("imagenet_cls")
     if not logger.handlers:
         handler = logging.StreamHandler()

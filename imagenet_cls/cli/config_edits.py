@@ -26,7 +26,7 @@ DEFAULT_CALLBACKS = [
         "init_args": {"monitor": "val_acc", "mode": "max", "patience": 10},
     },
     {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
-    {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
+    {"class_path": "imagenet_cls.callbacks.progress.AutoProgressBar"},  # Rich on a terminal, plain lines in a file
     {"class_path": "imagenet_cls.callbacks.signals.GracefulShutdown"},
     {"class_path": "imagenet_cls.callbacks.report.EvaluationReport"},
 ]
