@@ -23,7 +23,8 @@ DEFAULT_CALLBACKS = [
     },
     {
         "class_path": "lightning.pytorch.callbacks.EarlyStopping",
-        "init_args": {"monitor": "val_acc", "mode": "max", "patience": 10},
+        # strict false: a run shorter than one validation (max_steps) ends normally; the monitor name is checked
+        "init_args": {"monitor": "val_acc", "mode": "max", "patience": 10, "strict": False},
     },
     {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
     {"class_path": "imagenet_cls.callbacks.progress.AutoProgressBar"},  # Rich on a terminal, plain lines in a file
