@@ -92,7 +92,9 @@ def test_efficientnet_lite_layout_checks_the_architecture():
     with pytest.raises(UserError, match=r"16 EfficientNet blocks, but the model has 21; check the model name"):
         ClassificationModel("tf_efficientnet_lite1", pretrained=_lite_file(0))
     # Lite1 and Lite2 have the same blocks but other widths: every shape is checked.
-    with pytest.raises(UserError, match=r"does not fit tf_efficientnet_lite2: .*wrong shape \['blocks.2.0.conv_pwl.weight'"):
+    with pytest.raises(
+        UserError, match=r"does not fit tf_efficientnet_lite2: .*wrong shape \['blocks.2.0.conv_pwl.weight'"
+    ):
         ClassificationModel("tf_efficientnet_lite2", pretrained=_lite_file(1))
 
 
