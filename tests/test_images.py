@@ -80,6 +80,22 @@ def test_tiffs_pillow_cannot_open_are_decoded(tmp_path):
         assert abs(int(array[0, 0, 0]) - 128) <= 1 and array[0, 0, 1] == 0 and array[0, 0, 2] == 0
 
 
+def test_broken_tiff_is_one_line_error(tmp_path):
+    import cv2
+
+    from imagenet_cls.data.images import ImageFile
+
+    cv2.imwrite(str(tmp_path / "float.tif"), np.zeros((64, 64, 3), np.float32))
+    for name, data in [
+        ("header.tif", b"II*\x00" + b"\xff" * 20),
+        ("cut.tif", (tmp_path / "float.tif").read_bytes()[:60]),
+    ]:
+        (tmp_path / name).write_bytes(data)
+        for decode in (load_rgb, ImageFile):
+            with pytest.raises(UserError, match=rf"^cannot decode image .*{name}: cannot identify image file"):
+                decode(tmp_path / name)
+
+
 def test_float_grayscale_tiff_is_scaled_not_clipped(tmp_path):
     path = tmp_path / "float_gray.tif"
     Image.fromarray(np.full((8, 8), 0.25, np.float32)).save(path)  # Pillow mode F

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -102,7 +104,12 @@ def _tiff_through_opencv(data: bytes) -> Image.Image | None:
     """The first page of a TIFF decoded by OpenCV, scaled to 8-bit RGB; None when OpenCV cannot read it either."""
     import cv2
 
-    width, height = _tiff_size(data)
+    try:
+        width, height = _tiff_size(data)
+    except (struct.error, OSError, ValueError, SyntaxError, KeyError, EOFError, TypeError):
+        return None  # not even a readable header
+    if width * height == 0:
+        return None
     if width * height > Image.MAX_IMAGE_PIXELS:  # checked before decoding, as Pillow does
         raise Image.DecompressionBombError(f"{width}x{height} exceeds the pixel limit")
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # first page, depth kept
@@ -125,7 +132,9 @@ def _tiff_size(data: bytes) -> tuple[int, int]:
     directory = TiffImagePlugin.ImageFileDirectory_v2(data[:8] if data[2:4] != b"+\x00" else data[:16])
     file = io.BytesIO(data)
     file.seek(directory.next)
-    directory.load(file)
+    with warnings.catch_warnings():  # a corrupt directory warns before it fails; the caller reports the failure
+        warnings.simplefilter("ignore")
+        directory.load(file)
     return int(directory.get(256, 0)), int(directory.get(257, 0))  # ImageWidth, ImageLength
 
 
