@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -132,9 +131,7 @@ def _tiff_size(data: bytes) -> tuple[int, int]:
     directory = TiffImagePlugin.ImageFileDirectory_v2(data[:8] if data[2:4] != b"+\x00" else data[:16])
     file = io.BytesIO(data)
     file.seek(directory.next)
-    with warnings.catch_warnings():  # a corrupt directory warns before it fails; the caller reports the failure
-        warnings.simplefilter("ignore")
-        directory.load(file)
+    directory.load(file)
     return int(directory.get(256, 0)), int(directory.get(257, 0))  # ImageWidth, ImageLength
 
 
