@@ -11,13 +11,16 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from imagenet_cls.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +186,7 @@ class PredictionWriter(BasePredictionWriter):
     def _label(self, index: int, prob: float) -> str:
         return "unknown" if prob < self.threshold else self.class_names[index]
 
-    def _heat_maps(self, batch: dict[str, Any], indices: list[list[int]]) -> dict[int, Any]:
+    def _heat_maps(self, batch: dict[str, Any], indices: list[list[int]]) -> dict[int, np.ndarray]:
         """Grad-CAM maps of the predicted classes, by position in the batch (readable images only)."""
         readable = [i for i, error in enumerate(batch["error"]) if not error]
         if not readable:
@@ -191,7 +194,9 @@ class PredictionWriter(BasePredictionWriter):
         maps = self._cams(batch["image"][readable], [indices[i][0] for i in readable])
         return dict(zip(readable, maps, strict=True))
 
-    def _write_image(self, path: str, root: Path, display, top: list[tuple[int, float]], heat=None) -> str:
+    def _write_image(
+        self, path: str, root: Path, display, top: list[tuple[int, float]], heat: np.ndarray | None = None
+    ) -> str:
         import cv2
 
         from imagenet_cls.callbacks.annotate import display_name
