@@ -52,7 +52,8 @@ def test_validate_pretrained_lite1_lite2_agree_with_timm(prepared, tmp_path, var
     theirs, count = timm_top1(prepared / "val", work=tmp_path, variant=variant)
     print(f"lite{variant}: ours {ours:.4f}, timm {theirs:.4f} on {count} images")
     assert count == 1000
-    assert abs(ours - theirs) <= 0.002, (ours, theirs)
+    # <= 0.2 points = at most 2 of the 1000 images (counted: 0.910 - 0.908 is 0.0020000000000000018 in floats)
+    assert abs(round(ours * count) - round(theirs * count)) <= 2, (ours, theirs)
     assert ours > 0.85
 
 
