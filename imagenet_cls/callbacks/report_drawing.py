@@ -93,7 +93,7 @@ def write_reliability_diagram(path: Path, calibration: np.ndarray, ece: float, t
     bins = len(calibration)
     plot, left, top = 420, 70, 96
     strip = 70  # the images-per-bin histogram under the plot
-    width = max(left + plot + 40, _text_width(title, 0.6) + 30)
+    width = max(left + plot + 50, _text_width(title, 0.6) + 30)
     height = top + plot + 40 + strip + 40
     canvas = np.full((height, width, 3), 255, np.uint8)
     _text(canvas, title, (10, 28), 0.6, BLACK, 1)
