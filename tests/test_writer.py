@@ -241,3 +241,54 @@ def test_export_to_safetensors_loads_back_for_predict(checkpoint, tmp_path):
     assert code == 0
     rows = pd.read_csv(out / "predictions.csv")
     assert (rows["pred_folder"] == rows["path"].map(lambda p: Path(p).parent.name)).all()
+
+
+def test_drawn_names_use_spaces_and_the_csv_keeps_the_class_map(checkpoint, tmp_path, monkeypatch):
+    from imagenet_cls.callbacks import annotate as annotate_module
+
+    drawn = []
+    original = annotate_module.annotate
+    monkeypatch.setattr(annotate_module, "annotate", lambda image, lines: drawn.append(lines) or original(image, lines))
+    inputs = make_class_folders(tmp_path / "in", per_class=1)
+    names = tmp_path / "names.txt"
+    names.write_text("n00000001 0 academic_gown\nn00000002 1 great_white_shark\nn00000003 2 red_wine\n")
+    out = tmp_path / "out"
+    assert _predict(checkpoint, inputs, out, "--data.class_map", str(names), "--writer.draw_top_k", "2") == 0
+    rows = pd.read_csv(out / "predictions.csv")
+    assert set(rows["pred_name"]) == {"academic_gown", "great_white_shark", "red_wine"}
+    assert len(drawn) == 3 and all(len(lines) == 2 for lines in drawn)
+    labels = {lines[0].split('label: "')[1].split('"')[0] for lines in drawn}  # Predicted label: "academic gown"
+    seconds = {lines[1].split(". ", 1)[1].rsplit(" (", 1)[0] for lines in drawn}  # 2. red wine (1.0%)
+    assert labels | seconds <= {"academic gown", "great white shark", "red wine"} and len(labels) == 3
+
+
+def test_writer_cam_draws_a_heat_map_on_the_models_crop(tmp_path):
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=3)
+    with torch.no_grad():  # class 0 (predicted) sums the last feature map, so its Grad-CAM is that map's sum
+        model.fc.weight.copy_(torch.tensor([1.0, -1.0, -1.0])[:, None])
+        model.fc.bias.zero_()
+    weights = tmp_path / "resnet10t.pth"
+    torch.save(model.state_dict(), weights)
+    inputs = tmp_path / "in"
+    write_image(inputs / "wide.jpg", (200, 120, 60), size=(400, 200), seed=1)
+    args = ["--model.model_name", "resnet10t", "--model.num_classes", "3", "--model.image_size", "96"]
+    args += ["--model.crop_pct", "0.875"]
+    args += ["--model.pretrained", str(weights)]
+    outputs = {}
+    for cam in ("false", "true"):
+        out = tmp_path / f"out_{cam}"
+        code = main(
+            ["predict", *args, "--data.mode", "predict", "--data.predict_path", str(inputs), "--data.num_workers", "0"]
+            + ["--writer.output_dir", str(out), "--writer.cam", cam, *FAST_TRAINER]
+        )
+        assert code == 0
+        outputs[cam] = cv2.imread(str(out / "images" / "wide.jpg")).astype(int)
+    assert outputs["true"].shape == outputs["false"].shape == (400, 800, 3)  # scaled to fit 800 x 600
+    changed = np.abs(outputs["true"] - outputs["false"]).sum(axis=2) > 40
+    # The model saw the centre crop: 96 / (96 / 0.875) of the shorter side, a 350-pixel square in the middle.
+    inside, left_strip, right_strip = changed[60:340, 240:560], changed[:, :200], changed[:, 600:]
+    assert inside.mean() > 0.05 and left_strip.mean() < 0.01 and right_strip.mean() < 0.01

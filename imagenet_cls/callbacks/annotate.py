@@ -5,6 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 
+def display_name(name: str) -> str:
+    """A class name as drawn and shown to people: ``academic_gown`` -> ``academic gown``.
+
+    Files meant for programs (``predictions.csv``, ``per_class.csv``) keep the class map's own spelling.
+    """
+    return name.replace("_", " ")
+
+
 def annotate(image_rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     """Return a BGR copy of ``image_rgb`` (H, W, 3 uint8) with ``lines`` drawn top-left on a dark box."""
     import cv2

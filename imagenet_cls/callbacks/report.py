@@ -1,4 +1,7 @@
-"""EvaluationReport: per-class accuracy, a confusion picture and the worst mistakes, after validate, test and fit."""
+"""EvaluationReport: per-class metrics, calibration, a confusion picture and the worst mistakes, after evaluation.
+
+Written after validate, test and fit; the mistakes also with their class-activation maps.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 log = logging.getLogger(__name__)
 
+CALIBRATION_BINS = 15  # torchmetrics' default for the expected calibration error
+
 
 @dataclass
 class _Tally:
@@ -22,6 +27,10 @@ class _Tally:
 
     confusion: torch.Tensor  # (C, C) int64, rows true, columns predicted
     top5_hits: torch.Tensor  # (C,) int64
+    # (CALIBRATION_BINS + 1, 3) float64 per confidence bin: images, sum of top-1 probabilities, correct top-1
+    calibration: torch.Tensor = field(
+        default_factory=lambda: torch.zeros((CALIBRATION_BINS + 1, 3), dtype=torch.double)
+    )
     mistakes: torch.Tensor = field(default_factory=lambda: torch.empty((0, 4)))  # (prob, index, true, predicted)
     position: int = 0  # samples of this rank's loader seen so far (skipped files included)
 
@@ -29,22 +38,29 @@ class _Tally:
 class EvaluationReport(Callback):
     """Writes an evaluation report after ``validate`` and ``test``, and for the last validation of ``fit``.
 
-    Files, in ``<run folder>/report/<val|test>/``: ``per_class.csv`` (images, top-1, top-5 and the class most
-    often predicted instead, per class), ``confusion_matrix.png`` (a heat map, up to ``max_matrix_classes``
-    classes) or ``confused_pairs.png`` + ``confused_pairs.csv`` (the most-confused pairs, for more classes),
-    ``misclassified.jpg`` (the most confident mistakes with true and predicted label and probability) and
-    ``summary.json``. With the W&B logger, the pictures and the per-class table are logged too.
+    Files, in ``<run folder>/report/<val|test>/``: ``per_class.csv`` (images, top-1, top-5, precision, recall,
+    F1 and the class most often predicted instead, per class), ``confusion_matrix.png`` (a heat map, up to
+    ``max_matrix_classes`` classes) or ``confused_pairs.png`` + ``confused_pairs.csv`` (the most-confused pairs,
+    for more classes), ``reliability_diagram.png`` (accuracy against confidence, with the expected calibration
+    error), ``misclassified.jpg`` (the most confident mistakes with true and predicted label and probability),
+    ``misclassified_cam.jpg`` (the same mistakes as the model saw them, with a Grad-CAM heat map of the predicted
+    class) and ``summary.json`` (top-1, top-5, ECE, macro precision, recall and F1). With the W&B logger, the
+    pictures and the per-class table are logged too.
 
     Args:
         gallery_size: Number of misclassified images in the gallery.
         max_matrix_classes: Largest number of classes drawn as a full confusion matrix.
         top_pairs: Number of most-confused class pairs listed for larger class sets.
+        cam: Also draw the gallery with class-activation heat maps (``misclassified_cam.jpg``).
     """
 
-    def __init__(self, gallery_size: int = 16, max_matrix_classes: int = 30, top_pairs: int = 25) -> None:
+    def __init__(
+        self, gallery_size: int = 16, max_matrix_classes: int = 30, top_pairs: int = 25, cam: bool = True
+    ) -> None:
         self.gallery_size = gallery_size
         self.max_matrix_classes = max_matrix_classes
         self.top_pairs = top_pairs
+        self.cam = cam
         self._tally: _Tally | None = None
         self._pending_fit_report: dict[str, Any] | None = None
 
@@ -88,6 +104,7 @@ class EvaluationReport(Callback):
         top = probs.topk(min(5, probs.shape[1]), dim=-1)
         predicted = top.indices[:, 0]
         tally.confusion.index_put_((targets, predicted), torch.ones_like(targets), accumulate=True)
+        tally.calibration += calibration_sums(top.values[:, 0], predicted == targets)
         hits5 = (top.indices == targets[:, None]).any(dim=-1)
         tally.top5_hits += torch.bincount(targets[hits5], minlength=len(tally.top5_hits))
         wrong = predicted != targets
@@ -122,19 +139,27 @@ class EvaluationReport(Callback):
         self._tally = None
         padded = torch.full((self.gallery_size, 4), -1.0, dtype=torch.double)
         padded[: len(tally.mistakes)] = tally.mistakes
-        confusion, hits5, mistakes = (
-            pl_module.all_gather(t.to(pl_module.device)).cpu() for t in (tally.confusion, tally.top5_hits, padded)
+        confusion, hits5, mistakes, calibration = (
+            pl_module.all_gather(t.to(pl_module.device)).cpu()
+            for t in (tally.confusion, tally.top5_hits, padded, tally.calibration)
         )
         if confusion.ndim == 3:  # (world, ...) under DDP
             confusion, hits5, mistakes = confusion.sum(0), hits5.sum(0), mistakes.flatten(0, 1)
+            calibration = calibration.sum(0)
         mistakes = mistakes[mistakes[:, 0] >= 0]
         mistakes = mistakes[mistakes[:, 0].argsort(descending=True)[: self.gallery_size]]
-        return {"confusion": confusion.numpy(), "top5_hits": hits5.numpy(), "mistakes": mistakes.numpy()}
+        return {
+            "confusion": confusion.numpy(),
+            "top5_hits": hits5.numpy(),
+            "mistakes": mistakes.numpy(),
+            "calibration": calibration.numpy(),
+        }
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, split: str, gathered: dict[str, Any]) -> None:
         if not trainer.is_global_zero:
             return
         from imagenet_cls.callbacks import report_drawing as drawing
+        from imagenet_cls.callbacks.annotate import display_name
 
         folder = _report_folder(trainer, split) / split
         folder.mkdir(parents=True, exist_ok=True)
@@ -148,32 +173,121 @@ class EvaluationReport(Callback):
         top1 = float(np.trace(confusion) / total) if total else 0.0
         top5 = float(hits5.sum() / total) if total else 0.0
         title = f"{split}: top-1 {top1:.4f}, top-5 {top5:.4f} over {total} images"
+        shown = [display_name(name) for name in names]  # pictures: academic gown; CSV files: academic_gown
         if len(confusion) <= self.max_matrix_classes:
             files["confusion"] = drawing.write_confusion_matrix(
-                folder / "confusion_matrix.png", confusion, names, title
+                folder / "confusion_matrix.png", confusion, shown, title
             )
         else:
             pairs = most_confused_pairs(confusion, names, self.top_pairs)
             _write_csv(folder / "confused_pairs.csv", pairs)
-            files["confused_pairs"] = drawing.write_confused_pairs(folder / "confused_pairs.png", pairs, title)
+            shown_pairs = [
+                {**p, "true": display_name(p["true"]), "predicted": display_name(p["predicted"])} for p in pairs
+            ]
+            files["confused_pairs"] = drawing.write_confused_pairs(folder / "confused_pairs.png", shown_pairs, title)
+        calibration = calibration_bins(gathered["calibration"])
+        ece = expected_calibration_error(gathered["calibration"])
+        files["reliability"] = drawing.write_reliability_diagram(
+            folder / "reliability_diagram.png", calibration, ece, title
+        )
         dataset = trainer.datamodule.datasets[split]
+        mistakes = gathered["mistakes"]
         gallery = [
-            (dataset.samples[int(index)][0], names[int(true)], names[int(predicted)], float(prob))
-            for prob, index, true, predicted in gathered["mistakes"]
+            (dataset.samples[int(index)][0], shown[int(true)], shown[int(predicted)], float(prob))
+            for prob, index, true, predicted in mistakes
         ]
         if gallery:
             files["misclassified"] = drawing.write_gallery(folder / "misclassified.jpg", gallery, title)
+            if self.cam:
+                pictures = _cam_pictures(pl_module, dataset, mistakes)
+                if pictures is not None:
+                    files["misclassified_cam"] = drawing.write_gallery(
+                        folder / "misclassified_cam.jpg", gallery, title, pictures=pictures
+                    )
         summary = {"split": split, "images": total, "top1": top1, "top5": top5, "epoch": trainer.current_epoch}
+        summary["ece"] = ece
+        summary["calibration_bins"] = CALIBRATION_BINS
+        summary.update(macro_averages(confusion))
         summary["files"] = {key: path.name for key, path in files.items()}
         (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         log.info("%s report: %s", split, folder)
         _log_to_wandb(trainer, split, files, rows)
 
 
+def precision_recall_f1(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall and F1 (each (C,) float64; NaN where undefined: never predicted / no images)."""
+    hits = np.diag(confusion).astype(np.float64)
+    predicted, actual = confusion.sum(axis=0), confusion.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, hits / predicted, np.nan)
+        recall = np.where(actual > 0, hits / actual, np.nan)
+        f1 = np.where(predicted + actual > 0, 2 * hits / (predicted + actual), np.nan)
+    return precision, recall, f1
+
+
+def macro_averages(confusion: np.ndarray) -> dict[str, float | int]:
+    """Macro precision, recall and F1, as scikit-learn's ``precision_recall_fscore_support`` gives them.
+
+    That is ``average="macro", zero_division=0``: over the classes that occur as truth or as prediction, with
+    undefined values (a class never predicted, a class without images) counted as 0.
+    """
+    precision, recall, f1 = precision_recall_f1(confusion)
+    present = (confusion.sum(axis=0) + confusion.sum(axis=1)) > 0
+    if not present.any():
+        return {"macro_precision": 0.0, "macro_recall": 0.0, "macro_f1": 0.0, "macro_classes": 0}
+    average = {name: float(np.nan_to_num(values[present]).mean()) for name, values in
+               (("macro_precision", precision), ("macro_recall", recall), ("macro_f1", f1))}  # fmt: skip
+    return {**average, "macro_classes": int(present.sum())}
+
+
+def calibration_sums(confidence: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """(CALIBRATION_BINS + 1, 3) float64 sums per confidence bin: images, top-1 probabilities, correct top-1.
+
+    ``confidence`` (N,) is each image's top-1 probability, ``correct`` (N,) whether that class is the true one.
+    Bins as torchmetrics makes them: bin i holds [i / bins, (i + 1) / bins), and the last slot exactly 1.0.
+    """
+    confidence = confidence.double()
+    bins = torch.linspace(0, 1, CALIBRATION_BINS + 1, dtype=torch.double)
+    slot = torch.bucketize(confidence, bins, right=True) - 1
+    sums = torch.zeros((CALIBRATION_BINS + 1, 3), dtype=torch.double)
+    for column, values in enumerate((torch.ones_like(confidence), confidence, correct.double())):
+        sums[:, column].index_add_(0, slot, values)
+    return sums
+
+
+def calibration_bins(calibration: np.ndarray) -> np.ndarray:
+    """(bins, 3) float64 per confidence bin: images, mean top-1 probability, top-1 accuracy (0 where empty).
+
+    The slot of probabilities exactly 1.0 (kept apart for the ECE, as torchmetrics does) joins the last bin.
+    """
+    counts = calibration[:CALIBRATION_BINS].copy()
+    counts[-1] += calibration[CALIBRATION_BINS]
+    images = counts[:, 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.nan_to_num(counts[:, 1:] / images[:, None])
+    return np.column_stack([images, means])
+
+
+def expected_calibration_error(calibration: np.ndarray) -> float:
+    """ECE: the image-weighted mean gap between accuracy and confidence over the confidence bins.
+
+    torchmetrics' ``multiclass_calibration_error`` (15 bins, ``l1`` norm), from binned sums instead of every
+    probability: ``calibration`` holds the (bins + 1, 3) sums of images, top-1 probabilities and correct top-1.
+    Weighted by ``images_b / total``, bin b's gap ``|correct_b - confidence_b| / images_b`` sums to the expression
+    below.
+    """
+    total = calibration[:, 0].sum()
+    return float(np.abs(calibration[:, 2] - calibration[:, 1]).sum() / total) if total else 0.0
+
+
 def per_class_rows(
     confusion: np.ndarray, top5_hits: np.ndarray, names: list[str], folders: list[str]
 ) -> list[dict[str, Any]]:
-    """One row per class: images, top-1 and top-5 accuracy, and the class most often predicted instead."""
+    """One row per class: images, top-1, top-5, precision, recall, F1 and the class most often predicted instead.
+
+    Precision is empty for a class never predicted; recall and F1 for a class without images.
+    """
+    precision, recall, f1 = precision_recall_f1(confusion)
     rows = []
     for index, counts in enumerate(confusion):
         images = int(counts.sum())
@@ -188,6 +302,9 @@ def per_class_rows(
                 "images": images,
                 "top1": round(counts[index] / images, 4) if images else "",
                 "top5": round(top5_hits[index] / images, 4) if images else "",
+                "precision": _rounded(precision[index]),
+                "recall": _rounded(recall[index]),
+                "f1": _rounded(f1[index]) if images else "",
                 "most_confused_with": names[confused] if confused is not None else "",
                 "confused_count": int(others[confused]) if confused is not None else 0,
             }
@@ -215,6 +332,29 @@ def most_confused_pairs(confusion: np.ndarray, names: list[str], top: int) -> li
             }
         )
     return pairs
+
+
+def _rounded(value: float) -> float | str:
+    return "" if np.isnan(value) else round(float(value), 4)
+
+
+def _cam_pictures(pl_module: LightningModule, dataset: Any, mistakes: np.ndarray) -> list[np.ndarray] | None:
+    """The gallery's images as the model saw them (its input crop), with a Grad-CAM map of the predicted class.
+
+    None (and a warning) when the model cannot be explained or an image cannot be read again.
+    """
+    from imagenet_cls.callbacks.cam import ClassActivationMaps, overlay
+
+    try:
+        inputs = [dataset[int(index)] for index in mistakes[:, 1]]
+        if any(not isinstance(item, tuple) for item in inputs):  # a file that cannot be read now
+            return None
+        images = torch.stack([item[0] for item in inputs])  # (N, 3, H, W) uint8
+        heat = ClassActivationMaps.for_module(pl_module)(images, mistakes[:, 3].astype(int).tolist())
+    except Exception as error:  # the report must never fail because of an explanation  # noqa: BLE001
+        log.warning("report: no class-activation maps for the gallery (%s: %s)", type(error).__name__, error)
+        return None
+    return [overlay(image.permute(1, 2, 0).numpy(), map_) for image, map_ in zip(images, heat, strict=True)]
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

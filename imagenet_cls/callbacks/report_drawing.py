@@ -1,4 +1,7 @@
-"""Pictures of the evaluation report, drawn with OpenCV: confusion heat map, confused pairs, mistake gallery."""
+"""Pictures of the evaluation report, drawn with OpenCV: confusion, confused pairs, reliability, mistakes.
+
+Names arrive as they are shown (spaces for ``_``, see :func:`~imagenet_cls.callbacks.annotate.display_name`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import numpy as np
 
 FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
 WHITE, BLACK, GREY, RED, GREEN = (255, 255, 255), (0, 0, 0), (90, 90, 90), (40, 40, 210), (40, 150, 40)
+BLUE, LIGHT_GREY = (180, 110, 40), (220, 220, 220)  # BGR
 
 
 def write_confusion_matrix(path: Path, confusion: np.ndarray, names: list[str], title: str) -> Path:
@@ -79,8 +83,75 @@ def write_confused_pairs(path: Path, pairs: list[dict[str, Any]], title: str) ->
     return path
 
 
-def write_gallery(path: Path, mistakes: list[tuple[str, str, str, float]], title: str, tile: int = 224) -> Path:
-    """A grid of misclassified images (most confident first), each captioned with its true and predicted label."""
+def write_reliability_diagram(path: Path, calibration: np.ndarray, ece: float, title: str) -> Path:
+    """Accuracy against confidence per bin (bars), the diagonal, the gap in red, and the images per bin below.
+
+    ``calibration`` is (bins, 3): images, mean top-1 probability, top-1 accuracy.
+    """
+    import cv2
+
+    bins = len(calibration)
+    plot, left, top = 420, 70, 96
+    strip = 70  # the images-per-bin histogram under the plot
+    width = max(left + plot + 50, _text_width(title, 0.6) + 30)
+    height = top + plot + 40 + strip + 40
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    _text(canvas, title, (10, 28), 0.6, BLACK, 1)
+    _text(canvas, f"expected calibration error (ECE) {ece:.4f}, {bins} bins", (10, 54), 0.5, BLACK, 1)
+    _text(
+        canvas,
+        "bars: accuracy per confidence bin   red: gap to the diagonal (perfect calibration)",
+        (10, 76),
+        0.4,
+        GREY,
+    )
+
+    def x_at(value: float) -> int:
+        return left + round(value * plot)
+
+    def y_at(value: float) -> int:
+        return top + plot - round(value * plot)
+
+    for tick in np.linspace(0, 1, 6):
+        cv2.line(canvas, (x_at(0), y_at(tick)), (x_at(1), y_at(tick)), LIGHT_GREY, 1)
+        _text(canvas, f"{tick:.1f}", (left - 34, y_at(tick) + 5), 0.4, GREY)
+        _text(canvas, f"{tick:.1f}", (x_at(tick) - 10, top + plot + 18), 0.4, GREY)
+    images, confidence, accuracy = calibration[:, 0], calibration[:, 1], calibration[:, 2]
+    for b in range(bins):
+        if not images[b]:
+            continue
+        x0, x1 = x_at(b / bins) + 1, x_at((b + 1) / bins) - 1
+        cv2.rectangle(canvas, (x0, y_at(accuracy[b])), (x1, y_at(0)), BLUE, -1)
+        low, high = sorted((accuracy[b], confidence[b]))
+        if high - low > 1e-3:
+            cv2.rectangle(canvas, (x0, y_at(high)), (x1, y_at(low)), RED, 2)
+    cv2.line(canvas, (x_at(0), y_at(0)), (x_at(1), y_at(1)), GREY, 1, cv2.LINE_AA)
+    cv2.rectangle(canvas, (x_at(0), y_at(1)), (x_at(1), y_at(0)), BLACK, 1)
+    _text(canvas, "confidence (top-1 probability)", (left + plot // 2 - 110, top + plot + 36), 0.45, BLACK)
+    _text(canvas, "accuracy", (6, top - 8), 0.45, BLACK)
+    base = top + plot + 40 + strip
+    share = images / max(images.sum(), 1)
+    for b in range(bins):
+        if images[b]:
+            bar = max(1, round(share[b] / max(share.max(), 1e-9) * (strip - 6)))
+            cv2.rectangle(canvas, (x_at(b / bins) + 1, base - bar), (x_at((b + 1) / bins) - 1, base), GREY, -1)
+    cv2.line(canvas, (x_at(0), base), (x_at(1), base), BLACK, 1)
+    _text(canvas, f"images per bin (largest {int(images.max())} of {int(images.sum())})", (left, base + 20), 0.4, GREY)
+    cv2.imwrite(str(path), canvas)
+    return path
+
+
+def write_gallery(
+    path: Path,
+    mistakes: list[tuple[str, str, str, float]],
+    title: str,
+    tile: int = 224,
+    pictures: list[np.ndarray] | None = None,
+) -> Path:
+    """A grid of misclassified images (most confident first), each captioned with its true and predicted label.
+
+    ``pictures`` (RGB uint8, one per mistake) are drawn instead of the image files, e.g. with a heat map over them.
+    """
     import cv2
 
     from imagenet_cls.data.images import load_rgb
@@ -92,12 +163,13 @@ def write_gallery(path: Path, mistakes: list[tuple[str, str, str, float]], title
     header = 56
     width = columns * tile
     canvas = np.full((header + rows * (tile + caption), width, 3), 255, np.uint8)
-    _text(canvas, _fitting("most confident mistakes", width - 16, 0.55), (8, 22), 0.55, BLACK, 1)
+    heading = "most confident mistakes" + (", class-activation map of the prediction" if pictures else "")
+    _text(canvas, _fitting(heading, width - 16, 0.55), (8, 22), 0.55, BLACK, 1)
     _text(canvas, _fitting(title, width - 16, 0.45), (8, 44), 0.45, GREY)
     for n, (image_path, true, predicted, prob) in enumerate(mistakes):
         x, y = (n % columns) * tile, header + (n // columns) * (tile + caption)
         try:
-            image = np.asarray(load_rgb(image_path))
+            image = pictures[n] if pictures is not None else np.asarray(load_rgb(image_path))
         except UserError:
             image = np.full((tile, tile, 3), 200, np.uint8)
         image = cv2.cvtColor(_fit(image, tile - 8), cv2.COLOR_RGB2BGR)

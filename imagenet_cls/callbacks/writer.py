@@ -11,13 +11,16 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from imagenet_cls.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ class PredictionWriter(BasePredictionWriter):
         threshold: Below this top-1 probability the predicted name is ``unknown``.
         show: Show each annotated image in an OpenCV window (press a key for the next); only where a display
             exists, otherwise a warning.
+        cam: Draw a class-activation heat map (Grad-CAM) of the predicted class over the part of each annotated
+            image the model saw (its centre crop); costs a backward pass per batch.
     """
 
     def __init__(
@@ -51,6 +56,7 @@ class PredictionWriter(BasePredictionWriter):
         write_json: bool = False,
         threshold: float = 0.0,
         show: bool = False,
+        cam: bool = False,
     ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -60,6 +66,7 @@ class PredictionWriter(BasePredictionWriter):
         self.write_json = write_json
         self.threshold = threshold
         self.show = show
+        self.cam = cam
         self._rows_file = None
         self._csv = None
         self._counts = {"images": 0, "errors": 0}
@@ -88,6 +95,12 @@ class PredictionWriter(BasePredictionWriter):
         self._csv.writerow(["index", *self.columns()])
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="annotate")
         self._pending: list[Future] = []
+        if self.cam and self.write_images:
+            from imagenet_cls.callbacks.cam import ClassActivationMaps
+            from imagenet_cls.data.transforms import create_eval_transform
+
+            self._cams = ClassActivationMaps.for_module(pl_module)
+            self._transform = create_eval_transform(pl_module.data_config)  # the crop the model saw
 
     def columns(self) -> list[str]:
         """The CSV columns (after the internal ``index``)."""
@@ -107,6 +120,7 @@ class PredictionWriter(BasePredictionWriter):
         k = max(self.top_k, self.draw_top_k, 1)
         probs, indices = prediction.float().topk(min(k, prediction.shape[-1]), dim=-1)
         probs, indices = probs.cpu().tolist(), indices.cpu().tolist()
+        heat = self._heat_maps(batch, indices) if self.cam and self.write_images else {}
         for i, path in enumerate(batch["path"]):
             self._counts["images"] += 1
             error = batch["error"][i]
@@ -126,7 +140,7 @@ class PredictionWriter(BasePredictionWriter):
             label = self._label(*top[0])
             output = ""
             if self.write_images:
-                output = self._write_image(batch["relative"][i], batch["display"][i], top)
+                output = self._write_image(batch["relative"][i], batch["display"][i], top, heat.get(i))
             cells = [path, output, top[0][0], self.class_folders[top[0][0]], label, f"{top[0][1]:.6f}"]
             for rank in range(self.top_k):
                 if rank < len(top):
@@ -170,14 +184,30 @@ class PredictionWriter(BasePredictionWriter):
     def _label(self, index: int, prob: float) -> str:
         return "unknown" if prob < self.threshold else self.class_names[index]
 
-    def _write_image(self, relative: str, display, top: list[tuple[int, float]]) -> str:
+    def _heat_maps(self, batch: dict[str, Any], indices: list[list[int]]) -> dict[int, np.ndarray]:
+        """Grad-CAM maps of the predicted classes, by position in the batch (readable images only)."""
+        readable = [i for i, error in enumerate(batch["error"]) if not error]
+        if not readable:
+            return {}
+        maps = self._cams(batch["image"][readable], [indices[i][0] for i in readable])
+        return dict(zip(readable, maps, strict=True))
+
+    def _write_image(self, relative: str, display, top: list[tuple[int, float]], heat: np.ndarray | None = None) -> str:
         import cv2
 
+        from imagenet_cls.callbacks.annotate import display_name
+
         index, prob = top[0]
-        lines = [f'Predicted class: "{index}", Predicted label: "{self._label(index, prob)}" ({prob:.1%})']
+        label = display_name(self._label(index, prob))
+        lines = [f'Predicted class: "{index}", Predicted label: "{label}" ({prob:.1%})']
         lines += [
-            f"{rank}. {self.class_names[i]} ({p:.1%})" for rank, (i, p) in enumerate(top[1 : self.draw_top_k], start=2)
+            f"{rank}. {display_name(self.class_names[i])} ({p:.1%})"
+            for rank, (i, p) in enumerate(top[1 : self.draw_top_k], start=2)
         ]
+        if heat is not None:  # over the model's centre crop of the displayed image
+            from imagenet_cls.callbacks.cam import crop_box, overlay_in_box
+
+            display = overlay_in_box(display, heat, crop_box(self._transform, *display.shape[:2]))
         target = self.run_dir / "images" / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         if self.show:  # GUI calls stay on the main thread

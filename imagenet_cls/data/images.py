@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,10 +17,26 @@ if TYPE_CHECKING:
 
 from imagenet_cls.errors import UserError
 
+# The one allow-list: file extension -> the format it should hold (PIL's name). Files are listed by extension, but
+# decoded by the format sniffed from their content, which must be one of these (a PNG named .JPEG loads; an ICO
+# named .png does not). TIFF and GIF give their first page / frame.
+EXTENSION_FORMATS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".bmp": "BMP",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".gif": "GIF",
+    ".ppm": "PPM",
+    ".pgm": "PPM",
+    ".avif": "AVIF",
+}
+IMAGE_EXTENSIONS = tuple(EXTENSION_FORMATS)
 WRITABLE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # what OpenCV writes
-IMAGE_EXTENSIONS = (*WRITABLE_EXTENSIONS, ".ppm", ".pgm", ".gif")
-# Formats the loader decodes (PIL's names, sniffed from the content, not the extension).
-ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF", "GIF", "PPM"})
+ALLOWED_FORMATS = frozenset({*EXTENSION_FORMATS.values(), "MPO"})  # MPO: a JPEG with extra frames (phones)
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # little/big endian, classic/BigTIFF
 EXIF_ORIENTATION = 0x0112
 
 
@@ -56,11 +73,79 @@ def load_rgb(path: str | Path) -> Image.Image:
         UserError: the file cannot be decoded or is not allowed; the message names it.
     """
     try:
-        with Image.open(path) as image:
-            _check_header(image, path)
+        with open_image(path) as image:
+            _check_header(image)
             return to_rgb(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise UserError(f"cannot decode image {path}: {error}") from None
+
+
+def open_image(source: str | Path | io.BytesIO) -> Image.Image:
+    """``Image.open(source)``, and OpenCV for the TIFFs Pillow cannot open (floating-point or 32-bit RGB).
+
+    Such a TIFF's first page comes back as an 8-bit RGB image whose ``format`` is ``TIFF``.
+
+    Raises:
+        OSError: neither can decode it (Pillow's "cannot identify image file").
+    """
+    try:
+        return Image.open(source)
+    except Image.UnidentifiedImageError:
+        data = source.getvalue() if isinstance(source, io.BytesIO) else Path(source).read_bytes()
+        if not data.startswith(TIFF_SIGNATURES):
+            raise
+        image = _tiff_through_opencv(data)
+        if image is None:
+            raise
+        return image
+
+
+def _tiff_through_opencv(data: bytes) -> Image.Image | None:
+    """The first page of a TIFF decoded by OpenCV, scaled to 8-bit RGB; None when OpenCV cannot read it either."""
+    import cv2
+
+    try:
+        width, height = _tiff_size(data)
+    except (struct.error, OSError, ValueError, SyntaxError, KeyError, EOFError, TypeError):
+        return None  # not even a readable header
+    if width * height == 0:
+        return None
+    if width * height > Image.MAX_IMAGE_PIXELS:  # checked before decoding, as Pillow does
+        raise Image.DecompressionBombError(f"{width}x{height} exceeds the pixel limit")
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # first page, depth kept
+    if array is None:
+        return None
+    array = _to_uint8(array)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGB if array.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    image = Image.fromarray(array)
+    image.format = "TIFF"
+    image.info["decoder"] = "opencv"
+    return image
+
+
+def _tiff_size(data: bytes) -> tuple[int, int]:
+    """Width and height of a TIFF's first page, read from its header (no pixels decoded)."""
+    from PIL import TiffImagePlugin
+
+    directory = TiffImagePlugin.ImageFileDirectory_v2(data[:8] if data[2:4] != b"+\x00" else data[:16])
+    file = io.BytesIO(data)
+    file.seek(directory.next)
+    directory.load(file)
+    return int(directory.get(256, 0)), int(directory.get(257, 0))  # ImageWidth, ImageLength
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Integers scaled by their type's range; floats taken as 0..1 (or 0..255 when larger values occur)."""
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        array = np.nan_to_num(array.astype(np.float32))
+        scale = 255.0 if float(array.max(initial=0)) <= 1.0 else 1.0
+        return np.clip(array * scale, 0, 255).astype(np.uint8)
+    info = np.iinfo(array.dtype)
+    return ((array.astype(np.float64) - info.min) * (255 / (info.max - info.min))).round().astype(np.uint8)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -69,6 +154,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grayscale: scale to 8 bits instead of clipping.
         image = image.point(lambda v: v / 256).convert("L")
+    elif image.mode == "F":  # floating-point grayscale (TIFF): 0..1, or 0..255 when larger values occur
+        image = Image.fromarray(_to_uint8(np.asarray(image)))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # Transparent pixels over white, not over whatever colour they happen to store.
         rgba = image.convert("RGBA")
@@ -77,11 +164,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _check_header(image: Image.Image, path: str | Path) -> None:
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _check_header(image: Image.Image) -> None:
+    # ValueError: the callers name the file ("cannot decode image <path>: ...")
     if image.format not in ALLOWED_FORMATS:
-        raise UserError(f"cannot decode image {path}: format {image.format} is not an allowed image format")
+        allowed = ", ".join(sorted(ALLOWED_FORMATS))
+        raise ValueError(f"format {image.format} is not an allowed image format ({allowed})")
     if image.width * image.height > Image.MAX_IMAGE_PIXELS:
-        raise UserError(f"cannot decode image {path}: {image.width}x{image.height} exceeds the pixel limit")
+        raise ValueError(f"{image.width}x{image.height} exceeds the pixel limit")
 
 
 class ImageFile:
@@ -99,8 +194,10 @@ class ImageFile:
         self.path = str(path)
         try:
             self.data = bytearray(Path(path).read_bytes())
-            with Image.open(io.BytesIO(self.data)) as header:
-                _check_header(header, path)
+            with open_image(io.BytesIO(self.data)) as header:
+                if header.info.get("decoder") == "opencv":  # keep the decoded page, as PNG, for decode()
+                    self.data = bytearray(_png_bytes(header))
+                _check_header(header)
                 self.format = header.format
                 self.raw_width, self.raw_height = header.size
                 has_exif = self.is_jpeg and "exif" in header.info

@@ -16,22 +16,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from imagenet_cls.data.images import ALLOWED_FORMATS, IMAGE_EXTENSIONS, is_hidden
+from imagenet_cls.data.images import ALLOWED_FORMATS, EXTENSION_FORMATS, IMAGE_EXTENSIONS, is_hidden
 
 log = logging.getLogger(__name__)
-
-EXTENSION_FORMATS = {
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-    ".png": "PNG",
-    ".bmp": "BMP",
-    ".webp": "WEBP",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-    ".gif": "GIF",
-    ".ppm": "PPM",
-    ".pgm": "PPM",
-}
 
 
 @dataclass
