@@ -143,3 +143,21 @@ def test_a_checkpoint_write_that_fails_midway_keeps_the_previous_file(tmp_path, 
     assert written  # the write really was attempted
     assert torch.load(path, weights_only=True)["global_step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no half-written file left beside it
+
+
+def test_nonfinite_weights_are_never_checkpointed(class_folders, tmp_path, capsys):
+    """NaN weights after step 7 (the NaN loss after it skipped): the every-2-steps save refuses, naming the tensor."""
+    root = tmp_path / "runs"
+    config = _callbacks_yaml(
+        tmp_path / "poison.yaml", "  - class_path: tests.faults.PoisonWeight\n    init_args: {at_step: 7}\n"
+    )
+    args = fit_args(class_folders, root, "--config", str(config), "--trainer.max_epochs", "3",
+                    "--model.nonfinite_loss", "skip", "--checkpoint_every_n_steps", "2")  # fmt: skip
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    last = root / "checkpoints" / "last.ckpt"
+    assert error.startswith("error: weights are not finite at step 8 (epoch 1; first: backbone.fc.bias)"), error
+    assert f"no checkpoint written, {last} (step 6) is kept" in error
+    for path in (root / "checkpoints").glob("*.ckpt"):  # last.ckpt and the best: all from finite weights
+        saved = torch.load(path, weights_only=True)
+        assert saved["global_step"] <= 6 and all(torch.isfinite(v).all() for v in saved["state_dict"].values())

@@ -67,3 +67,12 @@ def test_resume_without_the_saved_position_would_differ(class_folders, tmp_path)
     expected = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     final = torch.load(checkpoint, weights_only=True)["state_dict"]
     assert any(not torch.equal(v, final[k]) for k, v in expected.items())
+
+
+def test_first_nonfinite_names_the_first_bad_floating_tensor():
+    from imagenet_cls.callbacks.resume import first_nonfinite
+
+    tensors = [("steps", torch.tensor([2**62])), ("w", torch.ones(3)), ("b", torch.tensor([0.0, float("inf")])),
+               ("c", torch.tensor(float("nan")))]  # fmt: skip
+    assert first_nonfinite(tensors) == "b"
+    assert first_nonfinite(tensors[:2]) is None and first_nonfinite([]) is None

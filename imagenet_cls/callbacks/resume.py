@@ -7,13 +7,14 @@ How the pieces fit: :class:`ResumableSampler` draws each epoch's order from ``(s
 sample its own seed, so augmentations do not depend on which worker ran before; the data module saves how many
 batches of the epoch were done and makes the sampler skip them on resume; :class:`ResumeState` (a callback) saves a
 checkpoint every N optimizer steps with the torch, NumPy and Python RNG states, and puts them back when training
-resumes. Lightning restores weights, optimizer, schedule, EMA, early stopping and its loops.
+resumes. Lightning restores weights, optimizer, schedule, EMA, early stopping and its loops. No checkpoint is written
+from non-finite weights (:func:`first_nonfinite`): the previous file stays.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import DistributedSampler
+
+from imagenet_cls.errors import UserError
 
 
 class ResumableSampler(DistributedSampler):
@@ -116,6 +119,55 @@ class ResumeState(Callback):
         # Lightning 2.6's ModelCheckpoint rewrites last.ckpt only when it also saves a top-k one: keep it current.
         if not trainer.sanity_checking:
             save_last_checkpoint(trainer)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Refuse to write weights that are NaN or infinite: the run stops and the previous checkpoint stays.
+
+        Called for every full checkpoint (epoch end, every N steps, on a signal, the best one), on every process,
+        before anything is written. A run whose weights are non-finite does not recover, so it stops.
+        """
+        tensors = named_weights(pl_module, trainer.callbacks)
+        bad = first_nonfinite(tensors)
+        if bad is None:
+            return
+        last = last_checkpoint_path(trainer)
+        kept = f"{last} (step {_saved_step(last)}) is kept" if last.is_file() else "no earlier checkpoint exists"
+        raise NonFiniteWeights(
+            f"weights are not finite at step {trainer.global_step} (epoch {trainer.current_epoch}; first: {bad}): "
+            f"no checkpoint written, {kept}; lower --model.lr or set --trainer.gradient_clip_val"
+        )
+
+
+class NonFiniteWeights(UserError):
+    """The weights to be checkpointed hold NaN or infinite values."""
+
+
+def named_weights(pl_module: LightningModule, callbacks: Iterable[Callback]) -> list[tuple[str, torch.Tensor]]:
+    """The model's parameters and buffers, and those of an EMA (Lightning's ``WeightAveraging``) as ``ema.<name>``."""
+    tensors = [*pl_module.named_parameters(), *pl_module.named_buffers()]
+    for callback in callbacks:
+        average = getattr(callback, "_average_model", None)  # WeightAveraging's AveragedModel, during fit
+        if isinstance(average, torch.nn.Module):
+            tensors += [(f"ema.{n}", t) for n, t in (*average.named_parameters(), *average.named_buffers())]
+    return tensors
+
+
+def first_nonfinite(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or infinity, or None (one device sync in all)."""
+    floating = [(name, tensor) for name, tensor in tensors if tensor.is_floating_point() and tensor.numel()]
+    if not floating:
+        return None
+    finite = torch.stack([torch.isfinite(tensor.detach()).all().to(floating[0][1].device) for _, tensor in floating])
+    if bool(finite.all()):
+        return None
+    return floating[int((~finite).nonzero()[0])][0]
+
+
+def _saved_step(path: Path) -> int | str:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+    except Exception:  # noqa: BLE001 - only for the message
+        return "?"
 
 
 def last_checkpoint_path(trainer: Trainer) -> Path:
