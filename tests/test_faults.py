@@ -1,5 +1,6 @@
 """Injected faults end in the stated outcome: one-line errors with a remedy, bounded time, nothing lost."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -161,3 +162,28 @@ def test_nonfinite_weights_are_never_checkpointed(class_folders, tmp_path, capsy
     for path in (root / "checkpoints").glob("*.ckpt"):  # last.ckpt and the best: all from finite weights
         saved = torch.load(path, weights_only=True)
         assert saved["global_step"] <= 6 and all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+
+
+def test_a_read_stuck_in_the_kernel_ends_with_an_error_naming_the_option(class_folders, tmp_path, monkeypatch, capsys):
+    """A worker blocked in a system call that no signal interrupts (as on a hard NFS mount): the loader's wait ends."""
+    fifo = tmp_path / "never-written"
+    os.mkfifo(fifo)
+
+    def stuck() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})  # the per-image limit cannot reach it
+        with open(fifo, "rb") as reader:  # blocks in open(2) until a writer appears
+            reader.read()
+
+    _poisoned(monkeypatch, "n00000002/img_003.jpg", stuck)
+    started = time.monotonic()
+    args = ["validate", *TINY_MODEL, *FAST_TRAINER, "--data.data_dir", str(class_folders), "--data.batch_size", "2",
+            "--data.num_workers", "1", "--data.sample_timeout", "2", "--data.split", "[0.0, 1.0, 0.0]"]  # fmt: skip
+    try:
+        assert main(args) == 2
+    finally:
+        with contextlib.suppress(OSError):  # no reader left: nothing to release
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # release the worker
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert time.monotonic() - started < 60
+    assert error.startswith("error: no batch from the data-loading workers for 6 s: a read is stuck"), error
+    assert error.endswith("or raise --data.sample_timeout (the limit per image)")
