@@ -2,13 +2,17 @@
 processes counts every image exactly once, so its metrics and report equal one process's."""
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from tests.conftest import TINY_MODEL, make_class_folders
 
@@ -81,3 +85,91 @@ def test_evaluation_over_2_and_3_processes_equals_one_process(thirteen, tmp_path
         assert ddp_metrics["val_acc"] == metrics["val_acc"] and ddp_metrics["val_acc5"] == metrics["val_acc5"]
         assert (ddp_summary["top1"], ddp_summary["top5"]) == (summary["top1"], summary["top5"])
         assert ddp_per_class == per_class
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _ddp_fit(data: Path, root: Path, started: Path, *extra: str) -> subprocess.Popen:
+    """A 2-process fit whose batches take 1 s (tests.faults.SlowBatches), in its own process group."""
+    config = root.parent / "slow.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n  - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "    init_args: {monitor: val_acc, mode: max, save_last: true}\n"
+        "  - class_path: imagenet_cls.callbacks.signals.GracefulShutdown\n"
+        f"  - class_path: tests.faults.SlowBatches\n    init_args: {{seconds: 1, started_file: {started}}}\n"
+    )
+    args = ["fit", *TINY_MODEL, *COMMON, "--data.data_dir", str(data), "--trainer.default_root_dir", str(root),
+            "--trainer.logger", "false", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--config",
+            str(config), "--data.batch_size", "2", "--trainer.max_epochs", "2", "--test_after_fit", "false",
+            *extra]  # fmt: skip
+    # Its own process group (session), so the test can signal the whole group as SLURM does.
+    return subprocess.Popen(
+        [sys.executable, CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def _wait_started(process: subprocess.Popen, started: Path) -> int:
+    """Wait for the first training batch; return the pid of the second process (rank 1)."""
+    deadline = time.monotonic() + 180
+    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert started.exists(), process.communicate()[1][-3000:]
+    (rank1,) = [pid for pid in _children(process.pid) if b"LOCAL_RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes()]
+    return rank1
+
+
+def _finish(process: subprocess.Popen, rank1: int) -> str:
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    assert process.returncode == 143, stderr[-3000:]
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{rank1}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{rank1}").exists() or "Z" in Path(f"/proc/{rank1}/stat").read_text().split()[2]
+    return stderr
+
+
+def _resume_continues(data: Path, root: Path) -> None:
+    saved = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert 0 < saved["global_step"] < 8  # 24 training images, 2 processes of batch 2: 6 steps an epoch, 2 epochs
+    assert [p.name for p in (root / "checkpoints").iterdir()] == ["last.ckpt"]  # interrupted in the first epoch
+    _run("fit", *TINY_MODEL, *COMMON, "--data.data_dir", str(data), "--trainer.default_root_dir", str(root),
+         "--trainer.logger", "false", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.batch_size", "2",
+         "--trainer.max_epochs", "2", "--test_after_fit", "false", "--ckpt_path", "last")  # fmt: skip
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(class_folders, tmp_path):
+    root, started = tmp_path / "runs", tmp_path / "started"
+    process = _ddp_fit(class_folders, root, started)
+    rank1 = _wait_started(process, started)
+    os.kill(rank1, signal.SIGTERM)  # only the second process: the first learns it through the agreement
+    stderr = _finish(process, rank1)
+    assert "SIGTERM received by another process: saving a checkpoint" in stderr
+    _resume_continues(class_folders, root)
+
+
+def test_sigterm_to_the_process_group_at_different_moments_saves_once(class_folders, tmp_path):
+    root, started = tmp_path / "runs", tmp_path / "started"
+    process = _ddp_fit(class_folders, root, started, "--data.num_workers", "1")  # workers in the group too
+    rank1 = _wait_started(process, started)
+    os.kill(rank1, signal.SIGTERM)
+    time.sleep(1.2)  # a batch later
+    os.killpg(process.pid, signal.SIGTERM)  # everyone, DataLoader workers included, as SLURM and `timeout` do
+    stderr = _finish(process, rank1)
+    assert "checkpoint saved" in stderr and "worker" not in stderr
+    _resume_continues(class_folders, root)

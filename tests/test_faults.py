@@ -187,3 +187,31 @@ def test_a_read_stuck_in_the_kernel_ends_with_an_error_naming_the_option(class_f
     assert time.monotonic() - started < 60
     assert error.startswith("error: no batch from the data-loading workers for 6 s: a read is stuck"), error
     assert error.endswith("or raise --data.sample_timeout (the limit per image)")
+
+
+def test_sigterm_to_the_process_group_saves_and_exits_143(class_folders, tmp_path):
+    """As SLURM, `timeout` and `kill -- -PGID` do: DataLoader workers get SIGTERM too, and leave it to the main one."""
+    started = tmp_path / "batch-started"
+    config = _callbacks_yaml(
+        tmp_path / "slow.yaml",
+        f"  - class_path: tests.faults.SlowBatches\n    init_args: {{seconds: 1, started_file: {started}}}\n"
+        "  - class_path: imagenet_cls.callbacks.signals.GracefulShutdown\n",
+    )
+    root = tmp_path / "runs"
+    args = fit_args(class_folders, root, "--config", str(config), "--trainer.max_epochs", "5")
+    args += ["--data.num_workers", "2"]
+    process = subprocess.Popen([sys.executable, CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "checkpoint saved" in stderr and "worker" not in stderr
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0  # saved mid-epoch
