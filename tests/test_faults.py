@@ -215,3 +215,38 @@ def test_sigterm_to_the_process_group_saves_and_exits_143(class_folders, tmp_pat
     assert process.returncode == 143, stderr[-3000:]
     assert "checkpoint saved" in stderr and "worker" not in stderr
     assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0  # saved mid-epoch
+
+
+def test_slurm_requeue_signal_saves_requeues_and_resumes(class_folders, tmp_path):
+    """SLURM's SIGUSR1 (Lightning's SLURMEnvironment, auto_requeue): save, `scontrol requeue <job>`, exit 138."""
+    started, requeued = tmp_path / "batch-started", tmp_path / "requeued"
+    bin_dir = tmp_path / "bin"  # a stand-in for SLURM's scontrol that records its arguments
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {requeued}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}  # fmt: skip
+    env = {**os.environ, **slurm, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    config = _callbacks_yaml(
+        tmp_path / "slow.yaml",
+        "  - class_path: imagenet_cls.callbacks.signals.GracefulShutdown\n"
+        f"  - class_path: tests.faults.SlowBatches\n    init_args: {{seconds: 1, started_file: {started}}}\n",
+    )
+    root = tmp_path / "runs"
+    args = fit_args(class_folders, root, "--config", str(config), "--trainer.max_epochs", "2")
+    process = subprocess.Popen([sys.executable, CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGUSR1, stderr[-3000:]
+    assert requeued.read_text().split() == ["requeue", "4242"] and "SLURM job 4242 requeued" in stderr
+    saved = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 1  # saved at the start of the second batch
+    resumed = subprocess.run([sys.executable, CLI, *fit_args(class_folders, root, "--trainer.max_epochs", "2",
+                              "--ckpt_path", "last")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
