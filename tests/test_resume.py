@@ -76,3 +76,27 @@ def test_first_nonfinite_names_the_first_bad_floating_tensor():
                ("c", torch.tensor(float("nan")))]  # fmt: skip
     assert first_nonfinite(tensors) == "b"
     assert first_nonfinite(tensors[:2]) is None and first_nonfinite([]) is None
+
+
+def test_kill_9_of_a_ddp_run_then_resume_equals_an_uninterrupted_ddp_run(class_folders, tmp_path):
+    """2 processes (gloo): each saves and gets back its own random states; both are killed mid-epoch."""
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.num_workers", "1"]
+    reference = _fit(class_folders, tmp_path / "reference", *ddp)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed_root = tmp_path / "killed"
+    # 24 training images over 2 processes, batch 4: 3 steps per epoch; killed at step 5 (mid epoch 1), saved at 4.
+    killed = _fit(class_folders, killed_root, *ddp, "--trainer.callbacks+=tests.faults.KillAt",
+                  "--trainer.callbacks.step", "5")  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    saved = torch.load(killed_root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 4 and saved["epoch"] == 1
+    (rng,) = [v for k, v in saved["callbacks"].items() if k.startswith("ResumeState")]
+    assert len(rng["per_rank"]) == 2
+
+    resumed = _fit(class_folders, killed_root, *ddp, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=True)
+    final = torch.load(killed_root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == expected["global_step"] == 9
+    different = [k for k, v in expected["state_dict"].items() if not torch.equal(v, final["state_dict"][k])]
+    assert not different, different

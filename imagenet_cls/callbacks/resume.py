@@ -6,9 +6,9 @@ in every checkpoint.
 How the pieces fit: :class:`ResumableSampler` draws each epoch's order from ``(seed, epoch)`` alone and hands each
 sample its own seed, so augmentations do not depend on which worker ran before; the data module saves how many
 batches of the epoch were done and makes the sampler skip them on resume; :class:`ResumeState` (a callback) saves a
-checkpoint every N optimizer steps with the torch, NumPy and Python RNG states, and puts them back when training
-resumes. Lightning restores weights, optimizer, schedule, EMA, early stopping and its loops. No checkpoint is written
-from non-finite weights (:func:`first_nonfinite`): the previous file stays.
+checkpoint every N optimizer steps with the torch (CPU and CUDA), NumPy and Python RNG states of every process, and
+puts them back when training resumes. Lightning restores weights, optimizer, schedule, EMA, early stopping and its
+loops. No checkpoint is written from non-finite weights (:func:`first_nonfinite`): the previous file stays.
 """
 
 from __future__ import annotations
@@ -91,12 +91,18 @@ class ResumeState(Callback):
         self._last_saved_step = -1
 
     def state_dict(self) -> dict[str, Any]:
-        numpy_state = np.random.get_state()
-        return {
-            "torch": torch.get_rng_state(),
-            "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),
-            "random": random.getstate(),
-        }
+        """The random states of every training process: ``{"per_rank": [state of rank 0, rank 1, ...]}``.
+
+        Called on every process when a checkpoint is made (the states are gathered to the one that writes it).
+        """
+        state = rng_state()
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return {"per_rank": [state]}
+        states: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(states, state)
+        return {"per_rank": states}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending_rng = state_dict  # put back when training resumes, after everything that ran before it
@@ -104,10 +110,8 @@ class ResumeState(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._pending_rng is not None:  # the first batch after a resume: the random states of the checkpoint
             state, self._pending_rng = self._pending_rng, None
-            torch.set_rng_state(state["torch"])
-            name, keys, *rest = state["numpy"]
-            np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-            random.setstate(state["random"])
+            states = state.get("per_rank", [state])  # checkpoints before per-process states held one
+            set_rng_state(states[trainer.global_rank % len(states)])
             return
         step = trainer.global_step
         if self.every_n_steps and step and step % self.every_n_steps == 0 and step != self._last_saved_step:
@@ -168,6 +172,34 @@ def _saved_step(path: Path) -> int | str:
         return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
     except Exception:  # noqa: BLE001 - only for the message
         return "?"
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random generators: torch's CPU and CUDA ones, NumPy's and Python's global ones.
+
+    DataLoader workers need none: each sample's augmentations draw from its own seed (:func:`sample_seed`), and the
+    workers' base seeds come from the loader's own generator, the same on every run.
+    """
+    numpy_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),
+        "random": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout, drop-path, random erasing on a GPU
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Put back the generators saved by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(state["random"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def last_checkpoint_path(trainer: Trainer) -> Path:
