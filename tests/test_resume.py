@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import TINY_MODEL
@@ -100,3 +101,19 @@ def test_kill_9_of_a_ddp_run_then_resume_equals_an_uninterrupted_ddp_run(class_f
     assert final["global_step"] == expected["global_step"] == 9
     different = [k for k, v in expected["state_dict"].items() if not torch.equal(v, final["state_dict"][k])]
     assert not different, different
+
+
+def test_the_checkpoint_writer_refuses_nonfinite_weights_and_keeps_the_previous_file(tmp_path):
+    """Weights-only saves skip the callbacks' checks; the writer itself refuses (FiniteCheckpointIO)."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from imagenet_cls.callbacks.resume import FiniteCheckpointIO, NonFiniteWeights
+
+    path = tmp_path / "best.ckpt"
+    io = FiniteCheckpointIO(TorchCheckpointIO())
+    io.save_checkpoint({"global_step": 1, "state_dict": {"fc.weight": torch.ones(2)}}, path)
+    nan = torch.tensor([float("nan")])
+    bad = {"global_step": 2, "state_dict": {"fc.weight": torch.ones(2)}, "current_model_state": {"fc.bias": nan}}
+    with pytest.raises(NonFiniteWeights, match=r"first: current_model_state.fc.bias\): .*best.ckpt not written"):
+        io.save_checkpoint(bad, path)
+    assert torch.load(path, weights_only=True)["global_step"] == 1

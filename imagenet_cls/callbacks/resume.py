@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from torch.utils.data import DistributedSampler
 
 from imagenet_cls.errors import UserError
@@ -124,6 +125,11 @@ class ResumeState(Callback):
         if not trainer.sanity_checking:
             save_last_checkpoint(trainer)
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Weights-only saves (a ModelCheckpoint with save_weights_only) skip on_save_checkpoint: the writer checks.
+        if stage == "fit" and not isinstance(trainer.strategy.checkpoint_io, FiniteCheckpointIO):
+            trainer.strategy.checkpoint_io = FiniteCheckpointIO(trainer.strategy.checkpoint_io)
+
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         """Refuse to write weights that are NaN or infinite: the run stops and the previous checkpoint stays.
 
@@ -144,6 +150,29 @@ class ResumeState(Callback):
 
 class NonFiniteWeights(UserError):
     """The weights to be checkpointed hold NaN or infinite values."""
+
+
+class FiniteCheckpointIO(_WrappingCheckpointIO):
+    """Writes checkpoints through another CheckpointIO unless their weights hold NaN or infinite values.
+
+    The last line of defence, for every file written (weights-only ones included); it runs on the writing process
+    only, after :meth:`ResumeState.on_save_checkpoint` has checked full checkpoints on every process.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        tensors = [
+            (name if key == "state_dict" else f"{key}.{name}", tensor)
+            for key in ("state_dict", "current_model_state")
+            for name, tensor in (checkpoint.get(key) or {}).items()
+            if isinstance(tensor, torch.Tensor)
+        ]
+        bad = first_nonfinite(tensors)
+        if bad is not None:
+            raise NonFiniteWeights(
+                f"weights are not finite (first: {bad}): {path} not written; lower --model.lr or set "
+                "--trainer.gradient_clip_val"
+            )
+        super().save_checkpoint(checkpoint, path, storage_options=storage_options)
 
 
 def named_weights(pl_module: LightningModule, callbacks: Iterable[Callback]) -> list[tuple[str, torch.Tensor]]:
