@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from torch.utils.data import DistributedSampler
@@ -97,8 +98,6 @@ class ResumeState(Callback):
         Called on every process when a checkpoint is made (the states are gathered to the one that writes it).
         """
         state = rng_state()
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return {"per_rank": [state]}
         states: list[Any] = [None] * dist.get_world_size()
