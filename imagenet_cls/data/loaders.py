@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data._utils import MP_STATUS_CHECK_INTERVAL
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from imagenet_cls.errors import UserError
@@ -62,15 +64,21 @@ class _BoundedIterator(_MultiProcessingDataLoaderIter):
         self._timeout_option = loader.timeout_option
 
     def _get_data(self) -> Any:
-        try:
-            return super()._get_data()
-        except RuntimeError as error:
-            if "timed out" not in str(error):
-                raise
-            raise UserError(
-                f"no batch from the data-loading workers for {self._timeout:g} s: a read is stuck (a hung network "
-                f"mount?): check the storage, or raise {self._timeout_option} (the limit per image)"
-            ) from None
+        # PyTorch's own timeout waits in one piece and notices a dead worker only at its end; here the wait is cut
+        # into PyTorch's status-check interval, so a killed worker still stops the run within seconds.
+        deadline = time.monotonic() + self._timeout
+        while True:
+            if self._pin_memory and not self._pin_memory_thread.is_alive():
+                raise RuntimeError("Pin memory thread exited unexpectedly")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise UserError(
+                    f"no batch from the data-loading workers for {self._timeout:g} s: a read is stuck (a hung network "
+                    f"mount?): check the storage, or raise {self._timeout_option} (the limit per image)"
+                )
+            success, data = self._try_get_data(min(remaining, MP_STATUS_CHECK_INTERVAL))
+            if success:
+                return data
 
 
 def ignore_shutdown_signals(worker_id: int) -> None:
