@@ -65,3 +65,15 @@ class KillAt(Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PoisonWeight(Callback):
+    """Fill the classifier bias with NaN after optimizer step ``at_step`` (as a diverged update would)."""
+
+    def __init__(self, at_step: int = 7) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            with torch.no_grad():
+                pl_module.backbone.get_classifier().bias.fill_(float("nan"))

@@ -1,5 +1,6 @@
 """Injected faults end in the stated outcome: one-line errors with a remedy, bounded time, nothing lost."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -144,3 +145,109 @@ def test_a_checkpoint_write_that_fails_midway_keeps_the_previous_file(tmp_path, 
     assert written  # the write really was attempted
     assert torch.load(path, weights_only=True)["global_step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no half-written file left beside it
+
+
+def test_nonfinite_weights_are_never_checkpointed(class_folders, tmp_path, capsys):
+    """NaN weights after step 7 (the NaN loss after it skipped): the every-2-steps save refuses, naming the tensor."""
+    root = tmp_path / "runs"
+    config = _callbacks_yaml(
+        tmp_path / "poison.yaml", "  - class_path: tests.faults.PoisonWeight\n    init_args: {at_step: 7}\n"
+    )
+    args = fit_args(class_folders, root, "--config", str(config), "--trainer.max_epochs", "3",
+                    "--model.nonfinite_loss", "skip", "--checkpoint_every_n_steps", "2")  # fmt: skip
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    last = root / "checkpoints" / "last.ckpt"
+    assert error.startswith("error: weights are not finite at step 8 (epoch 1; first: backbone.fc.bias)"), error
+    assert f"no checkpoint written, {last} (step 6) is kept" in error
+    for path in (root / "checkpoints").glob("*.ckpt"):  # last.ckpt and the best: all from finite weights
+        saved = torch.load(path, weights_only=True)
+        assert saved["global_step"] <= 6 and all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+
+
+def test_a_read_stuck_in_the_kernel_ends_with_an_error_naming_the_option(class_folders, tmp_path, monkeypatch, capsys):
+    """A worker blocked in a system call that no signal interrupts (as on a hard NFS mount): the loader's wait ends."""
+    fifo = tmp_path / "never-written"
+    os.mkfifo(fifo)
+
+    def stuck() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})  # the per-image limit cannot reach it
+        with open(fifo, "rb") as reader:  # blocks in open(2) until a writer appears
+            reader.read()
+
+    _poisoned(monkeypatch, "n00000002/img_003.jpg", stuck)
+    started = time.monotonic()
+    args = ["validate", *TINY_MODEL, *FAST_TRAINER, "--data.data_dir", str(class_folders), "--data.batch_size", "2",
+            "--data.num_workers", "1", "--data.sample_timeout", "2", "--data.split", "[0.0, 1.0, 0.0]"]  # fmt: skip
+    try:
+        assert main(args) == 2
+    finally:
+        with contextlib.suppress(OSError):  # no reader left: nothing to release
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # release the worker
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert time.monotonic() - started < 60
+    assert error.startswith("error: no batch from the data-loading workers for 6 s: a read is stuck"), error
+    assert error.endswith("or raise --data.sample_timeout (the limit per image)")
+
+
+def test_sigterm_to_the_process_group_saves_and_exits_143(class_folders, tmp_path):
+    """As SLURM, `timeout` and `kill -- -PGID` do: DataLoader workers get SIGTERM too, and leave it to the main one."""
+    started = tmp_path / "batch-started"
+    config = _callbacks_yaml(
+        tmp_path / "slow.yaml",
+        f"  - class_path: tests.faults.SlowBatches\n    init_args: {{seconds: 1, started_file: {started}}}\n"
+        "  - class_path: imagenet_cls.callbacks.signals.GracefulShutdown\n",
+    )
+    root = tmp_path / "runs"
+    args = fit_args(class_folders, root, "--config", str(config), "--trainer.max_epochs", "5")
+    args += ["--data.num_workers", "2"]
+    process = subprocess.Popen([sys.executable, CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "checkpoint saved" in stderr and "worker" not in stderr
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0  # saved mid-epoch
+
+
+def test_slurm_requeue_signal_saves_requeues_and_resumes(class_folders, tmp_path):
+    """SLURM's SIGUSR1 (Lightning's SLURMEnvironment, auto_requeue): save, `scontrol requeue <job>`, exit 138."""
+    started, requeued = tmp_path / "batch-started", tmp_path / "requeued"
+    bin_dir = tmp_path / "bin"  # a stand-in for SLURM's scontrol that records its arguments
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {requeued}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}  # fmt: skip
+    env = {**os.environ, **slurm, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    config = _callbacks_yaml(
+        tmp_path / "slow.yaml",
+        "  - class_path: imagenet_cls.callbacks.signals.GracefulShutdown\n"
+        f"  - class_path: tests.faults.SlowBatches\n    init_args: {{seconds: 1, started_file: {started}}}\n",
+    )
+    root = tmp_path / "runs"
+    args = fit_args(class_folders, root, "--config", str(config), "--trainer.max_epochs", "2")
+    process = subprocess.Popen([sys.executable, CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGUSR1, stderr[-3000:]
+    assert requeued.read_text().split() == ["requeue", "4242"] and "SLURM job 4242 requeued" in stderr
+    saved = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 1  # saved at the start of the second batch
+    resumed = subprocess.run([sys.executable, CLI, *fit_args(class_folders, root, "--trainer.max_epochs", "2",
+                              "--ckpt_path", "last")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12

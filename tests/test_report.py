@@ -151,6 +151,7 @@ def test_validate_report_adds_calibration_metrics_cam_and_names_with_spaces(tmp_
     names = tmp_path / "names.txt"
     names.write_text("n00000001 0 academic_gown\nn00000002 1 great_white_shark\nn00000003 2 red_wine\n")
     args = ["validate", *TINY_MODEL, *FAST_TRAINER, "--data.data_dir", str(root), "--data.num_workers", "0"]
+    args += untrained_weights(tmp_path)
     assert main([*args, "--data.class_map", str(names), "--trainer.default_root_dir", str(tmp_path / "runs")]) == 0
     (report,) = (tmp_path / "runs" / "validate").glob("*/report/val")
     summary = json.loads((report / "summary.json").read_text())

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import TINY_MODEL
@@ -67,3 +68,52 @@ def test_resume_without_the_saved_position_would_differ(class_folders, tmp_path)
     expected = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     final = torch.load(checkpoint, weights_only=True)["state_dict"]
     assert any(not torch.equal(v, final[k]) for k, v in expected.items())
+
+
+def test_first_nonfinite_names_the_first_bad_floating_tensor():
+    from imagenet_cls.callbacks.resume import first_nonfinite
+
+    tensors = [("steps", torch.tensor([2**62])), ("w", torch.ones(3)), ("b", torch.tensor([0.0, float("inf")])),
+               ("c", torch.tensor(float("nan")))]  # fmt: skip
+    assert first_nonfinite(tensors) == "b"
+    assert first_nonfinite(tensors[:2]) is None and first_nonfinite([]) is None
+
+
+def test_kill_9_of_a_ddp_run_then_resume_equals_an_uninterrupted_ddp_run(class_folders, tmp_path):
+    """2 processes (gloo): each saves and gets back its own random states; both are killed mid-epoch."""
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.num_workers", "1"]
+    reference = _fit(class_folders, tmp_path / "reference", *ddp)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed_root = tmp_path / "killed"
+    # 24 training images over 2 processes, batch 4: 3 steps per epoch; killed at step 5 (mid epoch 1), saved at 4.
+    killed = _fit(class_folders, killed_root, *ddp, "--trainer.callbacks+=tests.faults.KillAt",
+                  "--trainer.callbacks.step", "5")  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    saved = torch.load(killed_root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 4 and saved["epoch"] == 1
+    (rng,) = [v for k, v in saved["callbacks"].items() if k.startswith("ResumeState")]
+    assert len(rng["per_rank"]) == 2
+
+    resumed = _fit(class_folders, killed_root, *ddp, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=True)
+    final = torch.load(killed_root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == expected["global_step"] == 9
+    different = [k for k, v in expected["state_dict"].items() if not torch.equal(v, final["state_dict"][k])]
+    assert not different, different
+
+
+def test_the_checkpoint_writer_refuses_nonfinite_weights_and_keeps_the_previous_file(tmp_path):
+    """Weights-only saves skip the callbacks' checks; the writer itself refuses (FiniteCheckpointIO)."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from imagenet_cls.callbacks.resume import FiniteCheckpointIO, NonFiniteWeights
+
+    path = tmp_path / "best.ckpt"
+    io = FiniteCheckpointIO(TorchCheckpointIO())
+    io.save_checkpoint({"global_step": 1, "state_dict": {"fc.weight": torch.ones(2)}}, path)
+    nan = torch.tensor([float("nan")])
+    bad = {"global_step": 2, "state_dict": {"fc.weight": torch.ones(2)}, "current_model_state": {"fc.bias": nan}}
+    with pytest.raises(NonFiniteWeights, match=r"first: current_model_state.fc.bias\): .*best.ckpt not written"):
+        io.save_checkpoint(bad, path)
+    assert torch.load(path, weights_only=True)["global_step"] == 1

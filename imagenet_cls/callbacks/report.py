@@ -91,9 +91,9 @@ class EvaluationReport(Callback):
         count = len(targets) + len(skipped)
         dataset = trainer.datamodule.datasets[split]
         # Evaluation loaders are not shuffled: position p of rank r is sample (r + p * world) of the split
-        # (Lightning's DistributedSampler with shuffle off; one process: p).
+        # (the data module's EvalSampler, which never repeats a sample; one process: p).
         positions = torch.arange(tally.position, tally.position + count)
-        indices = (trainer.global_rank + positions * trainer.world_size) % len(dataset)
+        indices = trainer.global_rank + positions * trainer.world_size
         tally.position += count
         if skipped:
             keep = [i for i in indices.tolist() if dataset.samples[i][0] not in skipped]

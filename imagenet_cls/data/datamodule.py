@@ -14,6 +14,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from imagenet_cls.data.layout import DatasetLayout, read_layout
+from imagenet_cls.data.loaders import BoundedDataLoader, EvalSampler, ignore_shutdown_signals
 from imagenet_cls.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -220,10 +221,17 @@ class ImageNetDataModule(LightningDataModule):
             self._resume_at = (state_dict["epoch"], state_dict["batches_done"])
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["val"])
+        """Validation batches in file order; under DDP each image goes to exactly one process (no padding)."""
+        return self._loader(self.datasets["val"], sampler=self._eval_sampler(self.datasets["val"]))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.datasets["test"])
+        """Test batches in file order; under DDP each image goes to exactly one process (no padding)."""
+        return self._loader(self.datasets["test"], sampler=self._eval_sampler(self.datasets["test"]))
+
+    def _eval_sampler(self, dataset) -> EvalSampler:
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return EvalSampler(dataset, num_replicas=world, rank=rank)
 
     def predict_dataloader(self) -> DataLoader:
         from imagenet_cls.data.batches import collate_predict
@@ -233,7 +241,10 @@ class ImageNetDataModule(LightningDataModule):
     def _loader(self, dataset, sampler=None, drop_last: bool = False, collate_fn=None) -> DataLoader:
         from imagenet_cls.data.batches import collate_labeled
 
-        return DataLoader(
+        # The wait for one batch is bounded too, for a read stuck where the per-image limit cannot reach it (in the
+        # kernel): every image of the batch at its limit, plus one more for the worker's start.
+        timeout = self.sample_timeout * (self.batch_size + 1) if self.sample_timeout and self.num_workers else 0
+        return BoundedDataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
@@ -244,4 +255,6 @@ class ImageNetDataModule(LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate_fn or collate_labeled,
+            worker_init_fn=ignore_shutdown_signals,  # SIGTERM to the whole job: the main process saves and exits
+            timeout=timeout,
         )

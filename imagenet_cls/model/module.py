@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from imagenet_cls.data.batches import LabeledBatch, PredictBatch
@@ -189,6 +190,10 @@ class ClassificationModel(LightningModule):
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        # Sum of per-image losses over count, over all processes (Lightning's own mean of a logged loss floors the
+        # image count it divides by under DDP: 13 images on 2 processes are divided by 12).
+        self.val_loss_mean = MeanMetric()
+        self.test_loss_mean = MeanMetric()
         self._skipped: list[str] = []
         self._class_mask: torch.Tensor | None = None  # restrict_to_classes
         self.mixup = create_mixup(
@@ -264,7 +269,9 @@ class ClassificationModel(LightningModule):
         if self._class_mask is not None:  # --data.class_subset: the classes present only
             logits = logits.masked_fill(~self._class_mask.to(logits.device), torch.finfo(logits.dtype).min)
         size = len(targets)
-        self.log(f"{stage}_loss", F.cross_entropy(logits, targets), sync_dist=True, prog_bar=True, batch_size=size)
+        loss = getattr(self, f"{stage}_loss_mean")
+        loss.update(F.cross_entropy(logits.float(), targets, reduction="none"))
+        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=size)
         acc(logits, targets)
         acc5(logits, targets)
         self.log(f"{stage}_acc", acc, prog_bar=True, batch_size=size)
