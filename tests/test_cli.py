@@ -285,6 +285,15 @@ def test_resume_last_and_refuse_to_overwrite(class_folders, tmp_path, capsys):
     assert resumed.trainer.current_epoch == 2 and resumed.trainer.global_step == 2 * first.trainer.global_step
 
 
+def test_a_requeued_slurm_job_resumes_by_itself(class_folders, tmp_path, monkeypatch):
+    base = fit_args(class_folders, tmp_path / "runs")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued before any checkpoint: a fresh start
+    first = ImageNetCLI(args=[*base, "--trainer.max_epochs", "1"])
+    assert first.trainer.current_epoch == 1
+    resumed = ImageNetCLI(args=[*base, "--trainer.max_epochs", "2"])  # no --ckpt_path last needed
+    assert resumed.trainer.global_step == 2 * first.trainer.global_step
+
+
 def test_checkpoint_carrying_code_is_refused(fitted, tmp_path, capsys):
     _, ckpt, data = fitted
     marker = tmp_path / "pwned"

@@ -8,6 +8,7 @@ per-subcommand hook of :mod:`imagenet_cls.cli.lightning_adapter`.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,11 @@ class ImageNetCLI(SubcommandArgumentsCLI):
         config = self.config[subcommand]
         ckpt_path = config.get("ckpt_path")
         root = Path(config.trainer.default_root_dir or ".")
+        if subcommand == "fit" and not ckpt_path and _slurm_restart():
+            ckpt_path = _last_checkpoint_if_any(root)  # a requeued SLURM job continues where it stopped
+            if ckpt_path:
+                log.info("SLURM restart %s: resuming from %s", os.environ["SLURM_RESTART_COUNT"], ckpt_path)
+                config.ckpt_path = ckpt_path
         if ckpt_path in ("last", "best"):
             ckpt_path = config.ckpt_path = str(find_checkpoint(ckpt_path, root))
             if Path(ckpt_path).name.startswith("last"):
@@ -253,6 +259,18 @@ class ImageNetCLI(SubcommandArgumentsCLI):
         checkpoint = self.trainer.checkpoint_callback
         ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
+
+
+def _slurm_restart() -> bool:
+    """Whether this is a SLURM job that was requeued (``SLURM_RESTART_COUNT`` > 0)."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
+
+
+def _last_checkpoint_if_any(root: Path) -> str | None:
+    try:
+        return "last" if find_checkpoint("last", root) else None
+    except MissingPathError:  # requeued before the first checkpoint: start again
+        return None
 
 
 def _preview(classes: list[str]) -> str:
