@@ -1,0 +1,1 @@
+"""Runs: the one owner of run folders and of checkpoint discovery and loading."""
