@@ -80,7 +80,7 @@ class EvaluationReport(Callback):
         indices = (trainer.global_rank + positions * trainer.world_size) % len(dataset)
         tally.position += count
         if skipped:
-            keep = [i for i in indices.tolist() if dataset.samples[i][0] not in skipped]
+            keep = [i for i in indices.tolist() if dataset.describe(i) not in skipped]
             indices = torch.tensor(keep[: len(targets)], dtype=torch.long)
         if not len(targets):
             return
@@ -158,7 +158,7 @@ class EvaluationReport(Callback):
             files["confused_pairs"] = drawing.write_confused_pairs(folder / "confused_pairs.png", pairs, title)
         dataset = trainer.datamodule.datasets[split]
         gallery = [
-            (dataset.samples[int(index)][0], names[int(true)], names[int(predicted)], float(prob))
+            (dataset.describe(int(index)), names[int(true)], names[int(predicted)], float(prob))
             for prob, index, true, predicted in gathered["mistakes"]
         ]
         if gallery:
