@@ -18,6 +18,8 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,23 @@ def _download_manifest(url: str, storage_options: dict[str, Any]) -> Path:
     return folder
 
 
+@contextmanager
+def _random_state_kept() -> Iterator[None]:
+    """Restore torch's, NumPy's and Python's global random states after the block."""
+    import random
+
+    import numpy as np
+    import torch
+
+    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+
+
 def _quiet_litdata() -> None:
     os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")  # no PyPI request at each dataset
 
@@ -140,6 +159,7 @@ class StreamingImageDataset(ImageFileDataset):
         self.url, self.size, self.label_map = url, size, label_map
         self.storage_options, self.cache_dir = dict(storage_options or {}), cache_dir
         self._reader = None
+        self._reader_pid = 0
 
     def __len__(self) -> int:
         return self.size
@@ -147,14 +167,28 @@ class StreamingImageDataset(ImageFileDataset):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_reader": None}  # each worker opens its own reader
 
+    def _get(self, index: int) -> dict[str, Any]:
+        # LitData draws from the global random generators while it opens and downloads (retry jitter): keep them
+        # as they were, so augmentations (seeded per sample) and the training process never depend on I/O.
+        with _random_state_kept():
+            return self.reader[int(index)]
+
     @property
     def reader(self):
-        """LitData's ``StreamingDataset`` over the split, read by item index."""
-        if self._reader is None:
+        """LitData's ``StreamingDataset`` over the split, read by item index (one per process, forked ones too)."""
+        if self._reader is None or self._reader_pid != os.getpid():
             _quiet_litdata()
+            from filelock import FileLock
             from litdata import StreamingDataset
 
-            self._reader = StreamingDataset(self.url, cache_dir=self.cache_dir, storage_options=self.storage_options)
+            # LitData 0.2.76 races when processes (DataLoader workers) open one remote dataset at once: one finds
+            # the cache folder without the index.json another is downloading. One at a time per dataset.
+            key = hashlib.md5(self.url.encode()).hexdigest()[:12]
+            with FileLock(Path(tempfile.gettempdir()) / f"imagenet_cls-{key}.lock"):
+                self._reader = StreamingDataset(
+                    self.url, cache_dir=self.cache_dir, storage_options=self.storage_options
+                )
+            self._reader_pid = os.getpid()
             if len(self._reader) != self.size:
                 raise UserError(
                     f"{self.url} holds {len(self._reader)} images but its {DATASET_FILE} says {self.size}: "
@@ -164,10 +198,10 @@ class StreamingImageDataset(ImageFileDataset):
 
     def describe(self, index: int) -> str:
         """``<split url>/<the file's path in the source folder>``: what skipped files and reports name."""
-        return f"{self.url}/{self.reader[int(index)]['name']}"
+        return f"{self.url}/{self._get(index)['name']}"
 
     def read(self, index: int) -> tuple[ImageFile, int]:
-        item = self.reader[int(index)]
+        item = self._get(index)
         label = int(item["label"])
         label = self.label_map[label] if self.label_map is not None else label
         return ImageFile(f"{self.url}/{item['name']}", data=item["image"]), label
