@@ -214,3 +214,29 @@ def test_litdata_opening_a_bucket_draws_from_random_and_our_reader_does_not(clas
     kept = random.random()
     random.seed(0)
     assert kept == random.random() != moved
+
+
+def test_ddp_fit_from_optimized_equals_folders(split_folders, tmp_path):
+    """2 processes (gloo): each image once per epoch over both ranks, and the same weights as from the folders."""
+    import pandas as pd
+
+    dest = optimize(split_folders, tmp_path / "optimized")
+
+    def fit(data: Path, name: str) -> Path:
+        args = [
+            "fit", *TINY_MODEL, "--data.data_dir", str(data), "--data.num_workers", "0", "--data.batch_size", "4",
+            "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+            "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1", "--trainer.deterministic", "true",
+            "--test_after_fit", "false", "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir", str(tmp_path / name),
+        ]  # fmt: skip
+        result = subprocess.run([sys.executable, CLI, *args], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (run,) = [log.parent for log in (tmp_path / name).rglob("metrics.csv")]
+        return run
+
+    streamed, folders = fit(dest, "streamed"), fit(split_folders, "folders")
+    assert pd.read_csv(streamed / "metrics.csv")["val_images"].dropna().eq(12).all()
+    expected = torch.load(folders / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    got = torch.load(streamed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert not [k for k, v in expected.items() if not torch.equal(v, got[k])]

@@ -189,9 +189,11 @@ class StreamingImageDataset(ImageFileDataset):
                     self.url, cache_dir=self.cache_dir, storage_options=self.storage_options
                 )
             self._reader_pid = os.getpid()
-            if len(self._reader) != self.size:
+            # len() of LitData's dataset is this rank's share under DDP; its chunks hold the whole split.
+            stored = sum(end - start for start, end in self._reader.region_of_interest)
+            if stored != self.size:
                 raise UserError(
-                    f"{self.url} holds {len(self._reader)} images but its {DATASET_FILE} says {self.size}: "
+                    f"{self.url} holds {stored} images but its {DATASET_FILE} says {self.size}: "
                     "optimize the dataset again"
                 )
         return self._reader
