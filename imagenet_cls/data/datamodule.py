@@ -74,8 +74,8 @@ class ImageNetDataModule(LightningDataModule):
             images metrics were computed over) instead of stopping with an error naming the file.
         storage_options: Object-store options for an ``s3://`` data_dir (e.g. ``{endpoint_url: ...}``, keys);
             default: the usual AWS variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` ...).
-        cache_dir: Where chunks of a remote optimized dataset are cached; default: LitData's
-            (``~/.lightning/chunks``).
+        cache_dir: Where LitData keeps the index of a remote optimized dataset (images are fetched by byte range,
+            not stored); default: LitData's (``~/.lightning/chunks``).
     """
 
     def __init__(

@@ -4,8 +4,9 @@ The dataset lies in a local folder or under an object-store prefix (``s3://bucke
 endpoint from the usual AWS variables or ``--data.storage_options``). Its classes come from its ``dataset.json``,
 its class names from its ``folder_num_class_map.txt``.
 
-Items are read by index through LitData's ``StreamingDataset`` (chunks are downloaded once into a local cache),
-so the rest of the pipeline is the folders' own: the same samplers (:class:`ResumableSampler` for training: the
+Items are read by index through LitData's ``StreamingDataset``: from local chunks, or from a bucket one HTTP range
+request per image (LitData's ``on_demand_bytes``; nothing but the index is stored locally). The rest of the
+pipeline is the folders' own: the same samplers (:class:`ResumableSampler` for training: the
 same order, the same per-sample augmentation seeds, DDP sharding and exact mid-epoch resume), the same decode and
 transforms (:class:`ImageFile` from bytes) and ``skip_bad_images``. A dataset written from class folders trains
 exactly as the folders do.
@@ -141,7 +142,7 @@ class StreamingImageDataset(ImageFileDataset):
         timeout: Seconds one image may take.
         label_map: Dataset class index -> model class index (None: the same).
         storage_options: Object-store options (endpoint, credentials) for LitData.
-        cache_dir: Where remote chunks are cached (None: LitData's default, ``~/.lightning/chunks``).
+        cache_dir: Where LitData keeps a remote dataset's index (None: its default, ``~/.lightning/chunks``).
     """
 
     def __init__(
