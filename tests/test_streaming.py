@@ -16,7 +16,9 @@ from PIL import Image
 
 from imagenet_cls.cli import ImageNetCLI, main
 from imagenet_cls.data.classes import read_class_map
+from imagenet_cls.data.datamodule import scan_data_dir
 from imagenet_cls.data.layout import read_layout
+from imagenet_cls.errors import UserError
 from imagenet_cls.prepare.sources import main as prepare_main
 from tests.conftest import COLOURS, FAST_TRAINER, NAMES, TINY_MODEL, fit_args, write_image
 
@@ -56,6 +58,8 @@ def test_optimize_keeps_bytes_labels_names_and_classes(class_folders, tmp_path, 
         ]
         assert all(bytes(item["image"]) == Path(path).read_bytes() for item, (path, _) in zip(stored, samples))
     assert read_class_map(dest / "folder_num_class_map.txt") == NAMES
+    with pytest.raises(UserError, match=f"one split of an optimized dataset: give its parent {dest}"):
+        scan_data_dir(dest / "val", (0.8, 0.1, 0.1), 0)
     assert {p: p.read_bytes() for p in class_folders.rglob("*") if p.is_file()} == before  # source untouched
     optimize(class_folders, dest)  # a rerun keeps finished splits
     assert capsys.readouterr().err.count("already optimized") == 3

@@ -43,7 +43,13 @@ def remote_url(data_dir: str | Path) -> str | None:
 
 def is_optimized(data_dir: str | Path) -> bool:
     """Whether ``data_dir`` is an optimized dataset: an object-store URL, or a folder with ``dataset.json``."""
-    return remote_url(data_dir) is not None or (Path(data_dir) / DATASET_FILE).is_file()
+    if remote_url(data_dir) is not None or (Path(data_dir) / DATASET_FILE).is_file():
+        return True
+    if (Path(data_dir) / "index.json").is_file() and (Path(data_dir).parent / DATASET_FILE).is_file():
+        raise UserError(
+            f"--data.data_dir {data_dir} is one split of an optimized dataset: give its parent {Path(data_dir).parent}"
+        )
+    return False
 
 
 @dataclass
