@@ -188,8 +188,11 @@ def test_fit_from_s3_killed_and_resumed_equals_local_then_validate_equal(class_f
     assert not different, different
 
     ckpt = killed_root / "checkpoints" / "last.ckpt"
-    cache = ("--data.cache_dir", str(tmp_path / "chunk_cache"))
-    from_bucket, from_disk = validate(url, ckpt, *cache), validate(local, ckpt)
+    # The endpoint from --data.storage_options instead of AWS_ENDPOINT_URL.
+    endpoint = os.environ.pop("AWS_ENDPOINT_URL")
+    options = ("--data.storage_options", json.dumps({"endpoint_url": endpoint}))
+    cache = ("--data.cache_dir", str(tmp_path / "validate_cache"))
+    from_bucket, from_disk = validate(url, ckpt, *cache, *options), validate(local, ckpt)
     assert from_bucket["val_images"] == 3 and from_bucket["val_acc"] == from_disk["val_acc"]
     assert from_bucket["val_loss"] == pytest.approx(from_disk["val_loss"], abs=1e-6)
 
