@@ -20,7 +20,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,11 +191,11 @@ class StreamingImageDataset(ImageFileDataset):
             # LitData 0.2.76 races when processes (DataLoader workers) open one remote dataset at once: one finds
             # the cache folder without the index.json another is downloading. One at a time per dataset.
             key = hashlib.md5(self.url.encode()).hexdigest()[:12]
-            with FileLock(Path(tempfile.gettempdir()) / f"imagenet_cls-{key}.lock"):
+            remote = remote_url(self.url) is not None
+            with FileLock(Path(tempfile.gettempdir()) / f"imagenet_cls-{key}.lock") if remote else nullcontext():
                 self._reader = StreamingDataset(
                     self.url, cache_dir=self.cache_dir, storage_options=self.storage_options
                 )
-            self._reader_pid = os.getpid()
             # len() of LitData's dataset is this rank's share under DDP; its chunks hold the whole split.
             stored = sum(end - start for start, end in self._reader.region_of_interest)
             if stored != self.size:
