@@ -58,6 +58,14 @@ def test_optimize_keeps_bytes_labels_names_and_classes(class_folders, tmp_path, 
         ]
         assert all(bytes(item["image"]) == Path(path).read_bytes() for item, (path, _) in zip(stored, samples))
     assert read_class_map(dest / "folder_num_class_map.txt") == NAMES
+    # What the evaluation report shows of an item: the same picture and name as from the file.
+    from imagenet_cls.data.datasets import ImageFileDataset
+    from imagenet_cls.data.streaming import StreamingImageDataset
+
+    files = ImageFileDataset(layout.splits["val"], transform=None)
+    streamed = StreamingImageDataset(str(dest / "val"), 3, transform=None)
+    assert streamed.describe(2) == str(dest / "val" / os.path.relpath(files.describe(2), class_folders))
+    assert streamed.rgb(2).tobytes() == files.rgb(2).tobytes() and streamed.rgb(2).size == (24, 24)
     with pytest.raises(UserError, match=f"one split of an optimized dataset: give its parent {dest}"):
         scan_data_dir(dest / "val", (0.8, 0.1, 0.1), 0)
     assert {p: p.read_bytes() for p in class_folders.rglob("*") if p.is_file()} == before  # source untouched

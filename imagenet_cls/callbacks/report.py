@@ -157,12 +157,15 @@ class EvaluationReport(Callback):
             _write_csv(folder / "confused_pairs.csv", pairs)
             files["confused_pairs"] = drawing.write_confused_pairs(folder / "confused_pairs.png", pairs, title)
         dataset = trainer.datamodule.datasets[split]
+        indices = {dataset.describe(int(index)): int(index) for index in gathered["mistakes"][:, 1]}
         gallery = [
             (dataset.describe(int(index)), names[int(true)], names[int(predicted)], float(prob))
             for prob, index, true, predicted in gathered["mistakes"]
         ]
-        if gallery:
-            files["misclassified"] = drawing.write_gallery(folder / "misclassified.jpg", gallery, title)
+        if gallery:  # images read through the dataset: files, or items of an optimized dataset
+            files["misclassified"] = drawing.write_gallery(
+                folder / "misclassified.jpg", gallery, title, open_image=lambda name: dataset.rgb(indices[name])
+            )
         summary = {"split": split, "images": total, "top1": top1, "top5": top5, "epoch": trainer.current_epoch}
         summary["files"] = {key: path.name for key, path in files.items()}
         (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

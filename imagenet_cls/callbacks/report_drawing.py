@@ -79,12 +79,19 @@ def write_confused_pairs(path: Path, pairs: list[dict[str, Any]], title: str) ->
     return path
 
 
-def write_gallery(path: Path, mistakes: list[tuple[str, str, str, float]], title: str, tile: int = 224) -> Path:
-    """A grid of misclassified images (most confident first), each captioned with its true and predicted label."""
+def write_gallery(
+    path: Path, mistakes: list[tuple[str, str, str, float]], title: str, tile: int = 224, open_image=None
+) -> Path:
+    """A grid of misclassified images (most confident first), each captioned with its true and predicted label.
+
+    ``open_image(name)`` gives the RGB image of a mistake's name (default: the file of that path).
+    """
     import cv2
 
     from imagenet_cls.data.images import load_rgb
     from imagenet_cls.errors import UserError
+
+    open_image = open_image or load_rgb
 
     columns = min(4, len(mistakes))
     rows = -(-len(mistakes) // columns)
@@ -97,7 +104,7 @@ def write_gallery(path: Path, mistakes: list[tuple[str, str, str, float]], title
     for n, (image_path, true, predicted, prob) in enumerate(mistakes):
         x, y = (n % columns) * tile, header + (n // columns) * (tile + caption)
         try:
-            image = np.asarray(load_rgb(image_path))
+            image = np.asarray(open_image(image_path))
         except UserError:
             image = np.full((tile, tile, 3), 200, np.uint8)
         image = cv2.cvtColor(_fit(image, tile - 8), cv2.COLOR_RGB2BGR)

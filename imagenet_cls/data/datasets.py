@@ -74,6 +74,12 @@ class ImageFileDataset(Dataset):
         path, label = self.samples[index]
         return ImageFile(path), label
 
+    def rgb(self, index: int):
+        """Item ``index`` as an upright RGB PIL image (for reports)."""
+        from PIL import Image
+
+        return Image.fromarray(self.read(index)[0].decode().permute(1, 2, 0).numpy())
+
 
 @contextmanager
 def time_limit(seconds: float | None, path: str) -> Iterator[None]:
