@@ -16,6 +16,7 @@ BENCHMARKS = [
     "bench.fit_overhead",
     "bench.memory",
     "bench.finetune",
+    "bench.streaming",
 ]
 NEEDS_SAMPLE = {"bench.pipeline", "bench.predict", "bench.pretrained"}
 

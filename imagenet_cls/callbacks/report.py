@@ -96,7 +96,7 @@ class EvaluationReport(Callback):
         indices = trainer.global_rank + positions * trainer.world_size
         tally.position += count
         if skipped:
-            keep = [i for i in indices.tolist() if dataset.samples[i][0] not in skipped]
+            keep = [i for i in indices.tolist() if dataset.describe(i) not in skipped]
             indices = torch.tensor(keep[: len(targets)], dtype=torch.long)
         if not len(targets):
             return
@@ -192,12 +192,15 @@ class EvaluationReport(Callback):
         )
         dataset = trainer.datamodule.datasets[split]
         mistakes = gathered["mistakes"]
+        indices = {dataset.describe(int(index)): int(index) for index in mistakes[:, 1]}
         gallery = [
-            (dataset.samples[int(index)][0], shown[int(true)], shown[int(predicted)], float(prob))
+            (dataset.describe(int(index)), shown[int(true)], shown[int(predicted)], float(prob))
             for prob, index, true, predicted in mistakes
         ]
-        if gallery:
-            files["misclassified"] = drawing.write_gallery(folder / "misclassified.jpg", gallery, title)
+        if gallery:  # images read through the dataset: files, or items of an optimized dataset
+            files["misclassified"] = drawing.write_gallery(
+                folder / "misclassified.jpg", gallery, title, open_image=lambda name: dataset.rgb(indices[name])
+            )
             if self.cam:
                 pictures = _cam_pictures(pl_module, dataset, mistakes)
                 if pictures is not None:

@@ -147,15 +147,19 @@ def write_gallery(
     title: str,
     tile: int = 224,
     pictures: list[np.ndarray] | None = None,
+    open_image=None,
 ) -> Path:
     """A grid of misclassified images (most confident first), each captioned with its true and predicted label.
 
-    ``pictures`` (RGB uint8, one per mistake) are drawn instead of the image files, e.g. with a heat map over them.
+    ``pictures`` (RGB uint8, one per mistake) are drawn instead of the images, e.g. with a heat map over them;
+    ``open_image(name)`` gives the RGB image of a mistake's name (default: the file of that path).
     """
     import cv2
 
     from imagenet_cls.data.images import load_rgb
     from imagenet_cls.errors import UserError
+
+    open_image = open_image or load_rgb
 
     columns = min(4, len(mistakes))
     rows = -(-len(mistakes) // columns)
@@ -169,7 +173,7 @@ def write_gallery(
     for n, (image_path, true, predicted, prob) in enumerate(mistakes):
         x, y = (n % columns) * tile, header + (n // columns) * (tile + caption)
         try:
-            image = pictures[n] if pictures is not None else np.asarray(load_rgb(image_path))
+            image = pictures[n] if pictures is not None else np.asarray(open_image(image_path))
         except UserError:
             image = np.full((tile, tile, 3), 200, np.uint8)
         image = cv2.cvtColor(_fit(image, tile - 8), cv2.COLOR_RGB2BGR)

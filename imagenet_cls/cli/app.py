@@ -214,7 +214,7 @@ class ImageNetCLI(SubcommandArgumentsCLI):
                     names = [override.get(folder, name) for folder, name in zip(known, names)]
                 model.classes, model.class_names = list(known), names
             return None
-        layout = scan_data_dir(data.data_dir, data.split, data.split_seed)
+        layout = scan_data_dir(data.data_dir, data.split, data.split_seed, data.get("storage_options"))
         if known and list(known) != layout.classes:
             unknown = [folder for folder in layout.classes if folder not in set(known)]
             if self.subcommand == "fit" or unknown:
@@ -227,7 +227,7 @@ class ImageNetCLI(SubcommandArgumentsCLI):
                 )
         folders = list(known) if known else layout.classes
         model.classes, model.num_classes = folders, len(folders)
-        model.class_names = class_names(folders, data.get("class_map"), data.data_dir)
+        model.class_names = class_names(folders, data.get("class_map") or layout.class_map, data.data_dir)
         return layout
 
     # ---- after instantiation: hand the decisions to the data module --------------------------------------------

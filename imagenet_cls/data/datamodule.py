@@ -7,7 +7,7 @@ import math
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -17,16 +17,31 @@ from imagenet_cls.data.layout import DatasetLayout, read_layout
 from imagenet_cls.data.loaders import BoundedDataLoader, EvalSampler, ignore_shutdown_signals
 from imagenet_cls.errors import UserError
 
+if TYPE_CHECKING:
+    from imagenet_cls.data.datasets import ImageFileDataset
+
 log = logging.getLogger(__name__)
 
 
 DISPLAY_SIZE = (800, 600)  # predict's annotated copies fit within this (width, height)
 
 
-def scan_data_dir(data_dir: Path | None, split: tuple[float, float, float], split_seed: int) -> DatasetLayout:
-    """The classes and per-split samples of ``--data.data_dir`` (a one-line error when it is not set)."""
+def scan_data_dir(
+    data_dir: Path | None,
+    split: tuple[float, float, float],
+    split_seed: int,
+    storage_options: dict[str, Any] | None = None,
+) -> DatasetLayout:
+    """The classes and per-split samples of ``--data.data_dir`` (a one-line error when it is not set).
+
+    An optimized dataset (local or ``s3://``) gives an :class:`~imagenet_cls.data.streaming.OptimizedLayout`.
+    """
+    from imagenet_cls.data.streaming import is_optimized, read_optimized_layout
+
     if data_dir is None:
         raise UserError("--data.data_dir is not set: point it at a folder of class folders (or train/ val/)")
+    if is_optimized(data_dir):
+        return read_optimized_layout(data_dir, storage_options)
     return read_layout(Path(data_dir), tuple(split), split_seed)
 
 
@@ -35,7 +50,9 @@ class ImageNetDataModule(LightningDataModule):
 
     Args:
         data_dir: Dataset folder: ``train/``, ``val/`` and optional ``test/`` with one folder per class, or one
-            folder of class folders, split per class into train/val/test by ``split``. Never modified.
+            folder of class folders, split per class into train/val/test by ``split``. Never modified. Or an
+            optimized dataset (``python -m imagenet_cls.prepare SOURCE DEST --format litdata``): its folder or
+            its object-store prefix (``s3://bucket/prefix``).
         mode: ``train`` reads ``data_dir``; ``predict`` reads ``predict_path`` (the ``predict`` subcommand sets it).
         predict_path: Images to classify: a file, a folder (recursive), a glob pattern or a ``.txt`` list.
         class_map: Class names file (columns folder, number, classes). Default: ``data_dir``'s
@@ -59,6 +76,10 @@ class ImageNetDataModule(LightningDataModule):
             for ImageNet-A/R (the other classes' logits are masked). Off: the model chooses among all its classes.
         skip_bad_images: Skip files that cannot be decoded (each logged; ``val_images``/``test_images`` count the
             images metrics were computed over) instead of stopping with an error naming the file.
+        storage_options: Object-store options for an ``s3://`` data_dir (e.g. ``{endpoint_url: ...}``, keys);
+            default: the usual AWS variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` ...).
+        cache_dir: Where LitData keeps the index of a remote optimized dataset (images are fetched by byte range,
+            not stored); default: LitData's (``~/.lightning/chunks``).
     """
 
     def __init__(
@@ -80,6 +101,8 @@ class ImageNetDataModule(LightningDataModule):
         class_subset: bool = False,
         skip_bad_images: bool = False,
         sample_timeout: float | None = 120.0,
+        storage_options: dict[str, Any] | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir) if data_dir is not None else None
@@ -101,6 +124,8 @@ class ImageNetDataModule(LightningDataModule):
         self.class_subset = class_subset
         self.skip_bad_images = skip_bad_images
         self.sample_timeout = sample_timeout
+        self.storage_options = dict(storage_options or {})
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.datasets: dict[str, Any] = {}
         self.predict_root: Path | None = None
         self.order_seed: int | None = None  # the training order's seed, kept in checkpoints
@@ -113,7 +138,7 @@ class ImageNetDataModule(LightningDataModule):
     @cached_property
     def layout(self) -> DatasetLayout:
         """The classes and per-split samples of ``data_dir`` (scanned once: here on first use, or by the CLI)."""
-        return scan_data_dir(self.data_dir, self.split, self.split_seed)
+        return scan_data_dir(self.data_dir, self.split, self.split_seed, self.storage_options)
 
     def use_layout(self, layout: DatasetLayout, model_classes: list[str] | None = None) -> None:
         """Read ``layout`` (already scanned) instead of scanning ``data_dir`` again.
@@ -146,7 +171,7 @@ class ImageNetDataModule(LightningDataModule):
     # ---- datasets ------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Build the datasets of ``stage`` with the preprocessing handed over by ``set_preprocessing``."""
-        from imagenet_cls.data.datasets import ImageFileDataset, PredictDataset, resolve_predict_paths
+        from imagenet_cls.data.datasets import PredictDataset, resolve_predict_paths
         from imagenet_cls.data.transforms import create_eval_transform, create_train_transform
 
         if self.data_config is None:
@@ -169,9 +194,25 @@ class ImageNetDataModule(LightningDataModule):
             if split == "train":
                 train_config = {**self.data_config, "input_size": self.train_input_size}
                 transform = create_train_transform(train_config, **self.train_options)
-            self.datasets[split] = ImageFileDataset(
-                self._samples(split), transform, self.skip_bad_images, self.sample_timeout
+            self.datasets[split] = self._dataset(split, transform)
+
+    def _dataset(self, split: str, transform) -> ImageFileDataset:
+        """``split``'s labelled images: files of the folder layout, or items of an optimized dataset."""
+        from imagenet_cls.data.datasets import ImageFileDataset
+        from imagenet_cls.data.streaming import OptimizedLayout, StreamingImageDataset
+
+        if isinstance(self.layout, OptimizedLayout):
+            return StreamingImageDataset(
+                self.layout.split_url(split),
+                len(self.layout.samples(split)),
+                transform,
+                self.skip_bad_images,
+                self.sample_timeout,
+                self.label_map,
+                self.layout.storage_options,
+                str(self.cache_dir) if self.cache_dir is not None else None,
             )
+        return ImageFileDataset(self._samples(split), transform, self.skip_bad_images, self.sample_timeout)
 
     def _samples(self, split: str) -> list:
         """``(path, model class index)`` of ``split``."""

@@ -55,14 +55,30 @@ class ImageFileDataset(Dataset):
         return self._item(index)
 
     def _item(self, index: int) -> tuple[torch.Tensor, int] | BadSample:
-        path, label = self.samples[index]
+        where = self.describe(index)
         try:
-            with time_limit(self.timeout, path):
-                return self.transform(ImageFile(path)), label
+            with time_limit(self.timeout, where):
+                image, label = self.read(index)
+                return self.transform(image), label
         except UserError as error:
             if not self.skip_bad:
                 raise UserError(f"{error} (set --data.skip_bad_images true to skip such files)") from None
-            return BadSample(path, str(error))
+            return BadSample(where, str(error))
+
+    def describe(self, index: int) -> str:
+        """Where item ``index`` comes from, for messages (its file)."""
+        return self.samples[index][0]
+
+    def read(self, index: int) -> tuple[ImageFile, int]:
+        """Item ``index``'s image, read but not decoded, and its class index."""
+        path, label = self.samples[index]
+        return ImageFile(path), label
+
+    def rgb(self, index: int):
+        """Item ``index`` as an upright RGB PIL image (for reports)."""
+        from PIL import Image
+
+        return Image.fromarray(self.read(index)[0].decode().permute(1, 2, 0).numpy())
 
 
 @contextmanager

@@ -186,14 +186,18 @@ class ImageFile:
     DCT domain (PIL's ``draft``), which is much faster when the result is downscaled anyway; other formats go
     through :func:`to_rgb`. ``height`` and ``width`` are the upright (EXIF-oriented) size.
 
+    Args:
+        path: The file, or only the name messages give when ``data`` holds its bytes already (an optimized dataset).
+        data: The file's bytes; None: read from ``path``.
+
     Raises:
         UserError: the file cannot be read or its format is not allowed; the message names it.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, data: bytes | memoryview | None = None) -> None:
         self.path = str(path)
         try:
-            self.data = bytearray(Path(path).read_bytes())
+            self.data = bytearray(Path(path).read_bytes() if data is None else data)
             with open_image(io.BytesIO(self.data)) as header:
                 if header.info.get("decoder") == "opencv":  # keep the decoded page, as PNG, for decode()
                     self.data = bytearray(_png_bytes(header))

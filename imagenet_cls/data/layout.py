@@ -28,6 +28,7 @@ class DatasetLayout:
     classes: list[str]
     splits: dict[str, list[Sample]] = field(default_factory=dict)
     kind: str = "split folders"
+    class_map: Path | None = None  # a class map that comes with the data (an optimized dataset's), else None
 
     def samples(self, split: str, option: str = "--data.data_dir") -> list[Sample]:
         """The samples of ``split``; a one-line error when the split has none."""

@@ -336,6 +336,15 @@ def main(argv: list[str] | None = None) -> int:
         help="with --check: re-encode CMYK and misnamed images as RGB into OUT (never in place)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--format",
+        choices=["folders", "litdata"],
+        default="folders",
+        help="folders: class folders (default); litdata: one LitData optimized dataset per split from a prepared "
+        "class-folder SOURCE (see imagenet_cls/prepare/litdata_writer.py)",
+    )
+    parser.add_argument("--max-side", type=int, help="litdata: re-encode images larger than this (changes pixels)")
+    parser.add_argument("--quality", type=int, default=90, help="litdata: JPEG quality of re-encoded images")
     args = parser.parse_args(argv)
     try:
         if args.check:
@@ -349,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.source is None or args.dest is None:
             parser.error("give SOURCE and DEST, or --check DIR")
+        if args.format == "litdata":
+            return _write_litdata(args)
         done = prepare(args.source, args.dest, args.mode, args.split, args.seed, not args.no_progress)
         print(
             f"prepared {done['classes']} classes into {args.dest} ({done['shape']}; {done.get('placed', 0)} placed, "
@@ -359,6 +370,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except UserError as error:
         return report_user_error(error)
+
+
+def _write_litdata(args: argparse.Namespace) -> int:
+    from imagenet_cls.prepare.litdata_writer import write_litdata
+
+    if detect_shape(args.source) != "class_folders":
+        raise UserError(
+            f"--format litdata reads class folders: prepare {args.source} first "
+            "(python -m imagenet_cls.prepare SOURCE FOLDERS), then optimize FOLDERS"
+        )
+    done = write_litdata(args.source, args.dest, args.split, args.seed, args.max_side, args.quality,
+                         progress=not args.no_progress)  # fmt: skip
+    print(f"optimized {done['classes']} classes into {args.dest}: {done['splits']} images per split")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,164 @@
+"""Write a class-folder dataset as LitData optimized chunks: one optimized dataset per split, plus the class map.
+
+``python -m imagenet_cls.prepare SOURCE DEST --format litdata`` reads SOURCE as the data module does
+(:func:`~imagenet_cls.data.layout.read_layout`: ``train/ val/ [test/]`` or one folder of class folders split by
+``--split``), so classes and splits are the ones training on the folders would see. DEST gets::
+
+    DEST/dataset.json               format, classes (index order), images per split, re-encoding options
+    DEST/folder_num_class_map.txt   the class names
+    DEST/<split>/index.json         LitData's index, and its chunk-*.bin files
+
+Each item holds the file's original bytes (``image``, never re-encoded unless ``max_side`` is given), its class
+index (``label``) and its path relative to SOURCE (``name``). Other source shapes (Kaggle, the ILSVRC2012 tars,
+flat files) are prepared to class folders first (``python -m imagenet_cls.prepare SOURCE FOLDERS``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from imagenet_cls.errors import UserError
+
+DATASET_FILE = "dataset.json"  # marks an optimized dataset and carries its classes
+FORMAT = "imagenet_cls-litdata-1"
+CHUNK_BYTES = "64MB"
+
+
+def write_litdata(
+    source: Path,
+    dest: Path,
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    max_side: int | None = None,
+    quality: int = 90,
+    num_workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Optimize the class-folder dataset ``source`` into ``dest`` (see the module doc); returns what was written.
+
+    A split whose ``index.json`` exists with the same options is kept, so an interrupted run restarts at the
+    split it was writing (that split is written again from its start).
+
+    Args:
+        source: ``train/ val/ [test/]`` class folders, or one folder of class folders. Never modified.
+        dest: Output folder (created).
+        split: Train, val and test fractions for one folder of class folders.
+        seed: Seed of that split.
+        max_side: Re-encode images whose longer side exceeds this, down to it (changes pixels); None: original bytes.
+        quality: JPEG quality of re-encoded images.
+        num_workers: LitData worker processes; default: the CPU count.
+        progress: Show LitData's progress bar.
+    """
+    from imagenet_cls.data.classes import class_names, write_class_map
+    from imagenet_cls.data.layout import read_layout
+
+    source, dest = Path(source), Path(dest)
+    if not source.is_dir():
+        raise UserError(f"SOURCE {source} is not a folder: give a prepared class-folder dataset")
+    if dest.resolve() == source.resolve() or dest.resolve().is_relative_to(source.resolve()):
+        raise UserError(f"DEST {dest} is inside SOURCE {source}: choose a folder outside the source")
+    if max_side is not None and max_side < 16:
+        raise UserError(f"--max-side {max_side} is too small: give the longer side in pixels (e.g. 320)")
+    if not 1 <= quality <= 100:
+        raise UserError(f"--quality {quality} must be between 1 and 100")
+    layout = read_layout(source, split, seed)
+    options = {"max_side": max_side, "quality": quality if max_side else None}
+    dest.mkdir(parents=True, exist_ok=True)
+    previous = _read_json(dest / DATASET_FILE)
+    sizes = {name: len(samples) for name, samples in layout.splits.items() if samples}
+    reused = previous is not None and previous.get("classes") == layout.classes and previous.get("options") == options
+    written: dict[str, int] = {}
+    for name, count in sizes.items():
+        out = dest / name
+        if reused and previous["splits"].get(name) == count and (out / "index.json").is_file():
+            print(f"{name}: {out} already optimized ({count} images), kept", file=sys.stderr)
+            continue
+        if out.exists():  # an interrupted or outdated split: written again from its start
+            shutil.rmtree(out)
+        inputs = [(path, label, os.path.relpath(path, source)) for path, label in layout.splits[name]]
+        _optimize_split(inputs, out, max_side, quality, num_workers, progress)
+        written[name] = count
+    write_class_map(dest / "folder_num_class_map.txt", layout.classes, dict(zip(layout.classes,
+                    class_names(layout.classes, None, source))))  # fmt: skip
+    manifest = {"format": FORMAT, "classes": layout.classes, "splits": sizes, "options": options}
+    (dest / DATASET_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return {"classes": len(layout.classes), "splits": sizes, "written": written, "kind": layout.kind}
+
+
+def _optimize_split(
+    inputs: list[tuple[str, int, str]],
+    out: Path,
+    max_side: int | None,
+    quality: int,
+    num_workers: int | None,
+    progress: bool,
+) -> None:
+    os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")  # no PyPI request from LitData
+    from litdata import optimize
+
+    workers = max(1, min(num_workers or os.cpu_count() or 1, len(inputs)))
+    print(f"{out.name}: {len(inputs)} images -> {out} ({workers} workers)", file=sys.stderr)
+    optimize(
+        fn=partial(encode_sample, max_side=max_side, quality=quality),
+        inputs=inputs,
+        output_dir=str(out.resolve()),
+        chunk_bytes=CHUNK_BYTES,
+        num_workers=workers,
+        reorder_files=False,  # item i of the index is sample i of the folder layout
+        keep_data_ordered=True,
+        start_method="fork" if sys.platform == "linux" else None,
+        verbose=progress,
+    )
+
+
+def encode_sample(item: tuple[str, int, str], max_side: int | None = None, quality: int = 90) -> dict[str, Any]:
+    """One optimized item: the file's bytes (re-encoded only when larger than ``max_side``), label and name.
+
+    A file that cannot be re-encoded is stored as it is: training reports it (or skips it with
+    ``--data.skip_bad_images``) exactly as it would from the folders.
+    """
+    path, label, name = item
+    data = Path(path).read_bytes()
+    if max_side is not None:
+        data = shrink(data, max_side, quality) or data
+    return {"image": data, "label": label, "name": name}
+
+
+def shrink(data: bytes, max_side: int, quality: int) -> bytes | None:
+    """``data`` as an upright RGB JPEG whose longer side is ``max_side``; None when it is not larger or not readable."""
+    from PIL import Image
+
+    from imagenet_cls.data.images import to_rgb
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if max(image.size) <= max_side:
+                return None
+            scale = max_side / max(image.size)
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            if image.format in ("JPEG", "MPO"):
+                image.draft("RGB", size)  # DCT-domain downscale first: faster, same result quality
+            rgb = to_rgb(image)
+            if max(rgb.size) > max_side:
+                scale = max_side / max(rgb.size)
+                rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
+                                 Image.Resampling.LANCZOS)  # fmt: skip
+            buffer = io.BytesIO()
+            rgb.save(buffer, format="JPEG", quality=quality)
+            return buffer.getvalue()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

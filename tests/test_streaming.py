@@ -1,0 +1,257 @@
+"""LitData optimized datasets: written by prepare --format litdata, read by fit/validate locally and from S3.
+
+The S3 tests talk to moto's S3 server on 127.0.0.1 (a free port, dummy credentials): nothing leaves the machine.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from imagenet_cls.cli import ImageNetCLI, main
+from imagenet_cls.data.classes import read_class_map
+from imagenet_cls.data.datamodule import scan_data_dir
+from imagenet_cls.data.layout import read_layout
+from imagenet_cls.errors import UserError
+from imagenet_cls.prepare.sources import main as prepare_main
+from tests.conftest import COLOURS, FAST_TRAINER, NAMES, TINY_MODEL, fit_args, write_image
+
+CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
+
+
+def optimize(source: Path, dest: Path, *extra: str) -> Path:
+    assert prepare_main([str(source), str(dest), "--format", "litdata", "--no-progress", *extra]) == 0
+    return dest
+
+
+def items(split_dir: Path) -> list[dict]:
+    os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
+    from litdata import StreamingDataset
+
+    dataset = StreamingDataset(str(split_dir))
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def validate(data: str | Path, ckpt: Path, *extra: str) -> dict[str, float]:
+    cli = ImageNetCLI(args=["validate", "--ckpt_path", str(ckpt), "--data.data_dir", str(data), *FAST_TRAINER,
+                            "--data.num_workers", "0", "--data.batch_size", "4", *extra])  # fmt: skip
+    return {key: float(value) for key, value in cli.trainer.callback_metrics.items()}
+
+
+def test_optimize_keeps_bytes_labels_names_and_classes(class_folders, tmp_path, capsys):
+    before = {p: p.read_bytes() for p in class_folders.rglob("*") if p.is_file()}
+    dest = optimize(class_folders, tmp_path / "optimized")
+    manifest = json.loads((dest / "dataset.json").read_text())
+    assert manifest["classes"] == sorted(COLOURS)
+    assert manifest["splits"] == {"train": 24, "val": 3, "test": 3}
+    layout = read_layout(class_folders)  # the split the folder reader makes: the same files in the same order
+    for split, samples in layout.splits.items():
+        stored = items(dest / split)
+        assert [(item["name"], int(item["label"])) for item in stored] == [
+            (os.path.relpath(path, class_folders), label) for path, label in samples
+        ]
+        assert all(bytes(item["image"]) == Path(path).read_bytes() for item, (path, _) in zip(stored, samples))
+    assert read_class_map(dest / "folder_num_class_map.txt") == NAMES
+    # What the evaluation report shows of an item: the same picture and name as from the file.
+    from imagenet_cls.data.datasets import ImageFileDataset
+    from imagenet_cls.data.streaming import StreamingImageDataset
+
+    files = ImageFileDataset(layout.splits["val"], transform=None)
+    streamed = StreamingImageDataset(str(dest / "val"), 3, transform=None)
+    assert streamed.describe(2) == str(dest / "val" / os.path.relpath(files.describe(2), class_folders))
+    assert streamed.rgb(2).tobytes() == files.rgb(2).tobytes() and streamed.rgb(2).size == (24, 24)
+    with pytest.raises(UserError, match=f"one split of an optimized dataset: give its parent {dest}"):
+        scan_data_dir(dest / "val", (0.8, 0.1, 0.1), 0)
+    assert {p: p.read_bytes() for p in class_folders.rglob("*") if p.is_file()} == before  # source untouched
+    optimize(class_folders, dest)  # a rerun keeps finished splits
+    assert capsys.readouterr().err.count("already optimized") == 3
+
+
+def test_max_side_reencodes_only_larger_images(tmp_path):
+    source = tmp_path / "src"
+    big = write_image(source / "train" / "n00000001" / "big.jpg", (200, 30, 30), size=(120, 80))
+    small = write_image(source / "train" / "n00000002" / "small.jpg", (30, 200, 30), size=(24, 24))
+    dest = optimize(source, tmp_path / "optimized", "--max-side", "48", "--quality", "85")
+    stored = {item["name"]: bytes(item["image"]) for item in items(dest / "train")}
+    assert stored[str(small.relative_to(source))] == small.read_bytes()
+    import io
+
+    with Image.open(io.BytesIO(stored[str(big.relative_to(source))])) as image:
+        assert (image.format, image.size) == ("JPEG", (48, 32))
+    assert json.loads((dest / "dataset.json").read_text())["options"] == {"max_side": 48, "quality": 85}
+
+
+def test_optimize_refuses_other_source_shapes(tmp_path, capsys):
+    flat = tmp_path / "flat"
+    write_image(flat / "n00000001_1.jpg", (1, 2, 3))
+    assert prepare_main([str(flat), str(tmp_path / "out"), "--format", "litdata"]) == 2
+    assert "prepare" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_fit_and_validate_from_optimized_equal_folders(class_folders, tmp_path):
+    """Same order, augmentations and decode: the weights after an epoch and the metrics are identical."""
+    dest = optimize(class_folders, tmp_path / "optimized")
+    deterministic = ("--trainer.max_epochs", "1", "--trainer.deterministic", "true")
+    assert main(fit_args(class_folders, tmp_path / "folders", *deterministic)) == 0
+    assert main(fit_args(dest, tmp_path / "streamed", *deterministic)) == 0
+    from_folders = torch.load(tmp_path / "folders" / "checkpoints" / "last.ckpt", weights_only=True)
+    streamed = torch.load(tmp_path / "streamed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert streamed["hyper_parameters"]["class_names"] == [NAMES[c] for c in sorted(COLOURS)]
+    different = [k for k, v in from_folders["state_dict"].items() if not torch.equal(v, streamed["state_dict"][k])]
+    assert not different, different
+    ckpt = tmp_path / "folders" / "checkpoints" / "last.ckpt"
+    expected, got = validate(class_folders, ckpt), validate(dest, ckpt)
+    assert got["val_images"] == 3 and got["val_acc"] == expected["val_acc"]
+    assert got["val_loss"] == pytest.approx(expected["val_loss"], abs=1e-6)
+
+
+def test_bad_image_in_an_optimized_dataset_is_named_or_skipped(class_folders, tmp_path, capsys):
+    layout = read_layout(class_folders)
+    bad = Path(layout.splits["val"][0][0])
+    bad.write_bytes(b"not an image")
+    dest = optimize(class_folders, tmp_path / "optimized")
+    assert main(fit_args(class_folders, tmp_path / "run", "--trainer.max_epochs", "1", "--data.skip_bad_images",
+                         "true")) == 0  # fmt: skip
+    weights = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert validate(dest, weights, "--data.skip_bad_images", "true")["val_images"] == 2
+    capsys.readouterr()
+    assert main(["validate", "--ckpt_path", str(weights), "--data.data_dir", str(dest), *FAST_TRAINER,
+                 "--data.num_workers", "0"]) == 2  # fmt: skip
+    assert f"optimized/val/{bad.relative_to(class_folders)}" in capsys.readouterr().err
+
+
+# ---- S3 on the loopback -----------------------------------------------------------------------------------------
+@pytest.fixture
+def s3(monkeypatch, tmp_path):
+    """moto's S3 server on a free 127.0.0.1 port, found by boto3 and LitData through the AWS_* variables."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    import boto3
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="imagenet")
+    yield client
+    server.stop()
+
+
+def upload(client, folder: Path, prefix: str) -> str:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), "imagenet", f"{prefix}/{path.relative_to(folder).as_posix()}")
+    return f"s3://imagenet/{prefix}"
+
+
+def _fit(data: str | Path, root: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = [
+        "fit", *TINY_MODEL, "--data.data_dir", str(data), "--trainer.default_root_dir", str(root),
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.logger", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.deterministic", "true", "--trainer.max_epochs", "2",
+        "--test_after_fit", "false", "--checkpoint_every_n_steps", "2", "--data.batch_size", "4",
+        "--data.num_workers", "2", "--data.auto_augment", "rand-m5-n2-mstd0.5", "--data.cache_dir",
+        str(root.parent / "chunk_cache"), *extra,
+    ]  # fmt: skip
+    return subprocess.run([sys.executable, CLI, *args], capture_output=True, text=True, timeout=600)
+
+
+def test_fit_from_s3_killed_and_resumed_equals_local_then_validate_equal(class_folders, tmp_path, s3):
+    local = optimize(class_folders, tmp_path / "optimized")
+    url = upload(s3, local, "optimized")
+    reference = _fit(local, tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    killed_root = tmp_path / "killed"
+    # 24 training images, batch 4: 6 steps per epoch; killed at step 9 (mid epoch 1), last saved at step 8.
+    killed = _fit(url, killed_root, "--trainer.callbacks+=tests.faults.KillAt", "--trainer.callbacks.step", "9")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert torch.load(killed_root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+    resumed = _fit(url, killed_root, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    expected = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=True)
+    final = torch.load(killed_root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == expected["global_step"] == 12
+    different = [k for k, v in expected["state_dict"].items() if not torch.equal(v, final["state_dict"][k])]
+    assert not different, different
+
+    ckpt = killed_root / "checkpoints" / "last.ckpt"
+    # The endpoint from --data.storage_options instead of AWS_ENDPOINT_URL.
+    endpoint = os.environ.pop("AWS_ENDPOINT_URL")
+    options = ("--data.storage_options", json.dumps({"endpoint_url": endpoint}))
+    cache = ("--data.cache_dir", str(tmp_path / "validate_cache"))
+    from_bucket, from_disk = validate(url, ckpt, *cache, *options), validate(local, ckpt)
+    assert from_bucket["val_images"] == 3 and from_bucket["val_acc"] == from_disk["val_acc"]
+    assert from_bucket["val_loss"] == pytest.approx(from_disk["val_loss"], abs=1e-6)
+
+
+def test_unreadable_bucket_is_one_line(s3, tmp_path, capsys):
+    assert main(fit_args("s3://imagenet/missing", tmp_path / "run")) == 2
+    message = capsys.readouterr().err
+    assert "s3://imagenet/missing/dataset.json cannot be read" in message and "storage_options" in message
+
+
+def test_litdata_opening_a_bucket_draws_from_random_and_our_reader_does_not(class_folders, tmp_path, s3):
+    """The LitData defect worked around in StreamingImageDataset: opening a remote dataset moves ``random``."""
+    import random
+
+    from litdata import StreamingDataset
+
+    from imagenet_cls.data.streaming import StreamingImageDataset
+
+    url = upload(s3, optimize(class_folders, tmp_path / "optimized", "--split", "val"), "val-only")
+    random.seed(0)
+    StreamingDataset(f"{url}/val", cache_dir=str(tmp_path / "cache1"))
+    moved = random.random()
+    random.seed(0)
+    dataset = StreamingImageDataset(f"{url}/val", 30, lambda image: image.width, cache_dir=str(tmp_path / "cache2"))
+    assert dataset[0] == (24, 0)
+    kept = random.random()
+    random.seed(0)
+    assert kept == random.random() != moved
+
+
+def test_ddp_fit_from_optimized_equals_folders(split_folders, tmp_path):
+    """2 processes (gloo): each image once per epoch over both ranks, and the same weights as from the folders."""
+    import pandas as pd
+
+    dest = optimize(split_folders, tmp_path / "optimized")
+
+    def fit(data: Path, name: str) -> Path:
+        args = [
+            "fit", *TINY_MODEL, "--data.data_dir", str(data), "--data.num_workers", "0", "--data.batch_size", "4",
+            "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+            "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1", "--trainer.deterministic", "true",
+            "--test_after_fit", "false", "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir", str(tmp_path / name),
+        ]  # fmt: skip
+        result = subprocess.run([sys.executable, CLI, *args], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (run,) = [log.parent for log in (tmp_path / name).rglob("metrics.csv")]
+        return run
+
+    streamed, folders = fit(dest, "streamed"), fit(split_folders, "folders")
+    assert pd.read_csv(streamed / "metrics.csv")["val_images"].dropna().eq(12).all()
+    expected = torch.load(folders / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    got = torch.load(streamed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert not [k for k, v in expected.items() if not torch.equal(v, got[k])]
