@@ -8,7 +8,9 @@ channels-last memory, with bfloat16 autocast only where the CPU computes bfloat1
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import importlib.util
 import logging
 import os
@@ -157,16 +159,17 @@ def export_onnx(backbone: nn.Module, path: Path, input_size: tuple[int, int, int
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         staged = Path(tmp) / path.name
-        program = torch.onnx.export(
-            backbone,
-            (example,),
-            input_names=[ONNX_INPUT],
-            output_names=[ONNX_OUTPUT],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            opset_version=ONNX_OPSET,
-            dynamo=True,
-            verbose=False,
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter's optimiser prints progress to stdout
+            program = torch.onnx.export(
+                backbone,
+                (example,),
+                input_names=[ONNX_INPUT],
+                output_names=[ONNX_OUTPUT],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                opset_version=ONNX_OPSET,
+                dynamo=True,
+                verbose=False,
+            )
         program.save(str(staged))
         graph = onnx.load(str(staged))
         for key, value in metadata.items():
