@@ -121,7 +121,7 @@ def load_model(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def write_timm_config(model: Any, path: Path) -> None:
-    """timm's own ``config.json`` writer (``save_config_for_hf``) with our classes and eval preprocessing."""
+    """Write ``config.json`` with timm's own writer (``save_config_for_hf``) with our classes and eval preprocessing."""
     from timm.models._hub import save_config_for_hf
 
     hp, data = model.hparams, model.data_config

@@ -117,7 +117,8 @@ def test_predict_runs_from_the_exported_folder(exported, tmp_path):
 
 def test_export_errors_are_one_line(tmp_path, capsys):
     assert export_main([str(tmp_path / "missing.ckpt"), str(tmp_path / "out")]) == 2
-    assert capsys.readouterr().err == f"error: CKPT {tmp_path / 'missing.ckpt'} is not a file: give a .ckpt written by fit\n"
+    message = f"error: CKPT {tmp_path / 'missing.ckpt'} is not a file: give a .ckpt written by fit\n"
+    assert capsys.readouterr().err == message
     torch.save({"state_dict": {}}, tmp_path / "bare.ckpt")
     with pytest.raises(UserError, match="has no model hyper-parameters"):
         export(tmp_path / "bare.ckpt", tmp_path / "out")

@@ -143,8 +143,10 @@ class ImageFile:
         return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
     def _decode_jpeg(self, reduction: int) -> np.ndarray | None:
-        """(H, W, 3) uint8 upright, decoded by libjpeg-turbo (simplejpeg) at 1/``reduction`` scale in the DCT
-        domain (the same pixels as PIL's ``draft``); None for JPEGs it does not decode (CMYK, 12-bit, damaged)."""
+        """(H, W, 3) uint8 upright, by libjpeg-turbo (simplejpeg) at 1/``reduction`` scale in the DCT domain.
+
+        The same pixels as PIL's ``draft``; None for JPEGs it does not decode (CMYK, 12-bit, damaged).
+        """
         import simplejpeg
 
         try:
