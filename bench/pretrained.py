@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.common import REPO, WORK, Result, sample_as_val_folders, timm_reference
+from bench.common import REPO, WORK, Result, sample_as_val_folders, sample_dir, timm_inference
 
 
-def timm_top1(data_dir: Path, work: Path = WORK) -> tuple[float, int]:
-    """timm's evaluation of the same weights (its inference.py loop, ``create_transform`` from
-    ``resolve_data_config``), scored against the sample's wnids in sorted order (the head's order)."""
+def timm_top1(data_dir: Path) -> tuple[float, int]:
+    """timm's evaluation of the same weights (its inference.py loop: the uint8 prefetching loader, normalised in
+    the loop), scored against the sample's wnids in sorted order (the head's order). Uses this run's timm
+    predictions from bench.predict, or runs timm now."""
     import pandas as pd
 
-    _, csv = timm_reference(work)
+    from bench.predict import TIMM_CSV
+
+    csv = TIMM_CSV
+    if not csv.is_file():
+        timm_inference(sample_dir(), csv)
     rows = pd.read_csv(csv)
     wnids = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
     truth = rows["filename"].map(lambda name: wnids.index(name.split("_")[0]))
