@@ -101,8 +101,7 @@ if flags.get("torchscript"):
 # timm's inference.py defaults: batch 256, 2 workers, its prefetching (uint8) loader, float32, top-5 ids to a CSV.
 loader = create_loader(ImageDataset({folder!r}), input_size=config["input_size"], batch_size=256,
                        use_prefetcher=True, interpolation=config["interpolation"], mean=config["mean"],
-                       std=config["std"], num_workers=2, crop_pct=config["crop_pct"], device=torch.device("cpu"),
-                       channels_last=bool(flags.get("channels_last")))
+                       std=config["std"], num_workers=2, crop_pct=config["crop_pct"], device=torch.device("cpu"))
 top5 = []
 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(flags.get("bf16"))):
     for images, _ in loader:

@@ -33,6 +33,7 @@ def main() -> int:
             continue
         print(f"running {name} ...", file=sys.stderr, flush=True)
         results += importlib.import_module(name).run()
+        write_results(results, REPO / "bench" / "results.json", time.perf_counter() - started)  # kept if stopped
     seconds = time.perf_counter() - started
     payload = write_results(results, REPO / "bench" / "results.json", seconds)
     print(f"\n{machine()}, {seconds:.0f} s\n{format_table(results)}")
