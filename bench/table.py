@@ -33,7 +33,7 @@ def markdown_table(payload: dict) -> str:
         "| --- | ---: | ---: | ---: | --- | --- | --- |",
     ]
     for row in payload["results"]:
-        ratio = row["ratio"] if row["higher_is_better"] else f"{row['ratio']} (lower is better)"
+        ratio = f"{row['ratio']:.2f}" + ("" if row["higher_is_better"] else " (lower is better)")
         cells = [row["name"], _number(row["ours"]), _number(row["baseline"]), ratio, row["unit"]]
         cells += [row.get("precision", ""), row.get("note", "")]
         lines.append("| " + " | ".join(str(cell).replace("|", "/") for cell in cells) + " |")
