@@ -260,7 +260,7 @@ def create_predictor(
     or disagrees with PyTorch falls back to PyTorch with a warning, unless ``backend="onnxruntime"`` asked for it.
     """
     plan = choose_plan(model.device, backend, precision, compiled=bool(model.hparams.get("compile")))
-    runner: Callable[[torch.Tensor], torch.Tensor] = model.backbone
+    runner: Callable[[torch.Tensor], torch.Tensor] = model  # its forward: --model.channels_last applies on GPUs
     where = ""
     if plan.backend == "onnxruntime":
         try:
