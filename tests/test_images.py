@@ -1,6 +1,8 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from imagenet_cls.data.images import is_image_file, iter_image_files, load_rgb
 from imagenet_cls.errors import UserError
@@ -133,3 +135,51 @@ def test_prepare_check_uses_the_same_allow_list():
 
     assert check.EXTENSION_FORMATS is images.EXTENSION_FORMATS and check.ALLOWED_FORMATS is images.ALLOWED_FORMATS
     assert set(images.EXTENSION_FORMATS.values()) <= images.ALLOWED_FORMATS
+
+
+def _photo(path, size=(64, 48), orientation=1, mode="RGB"):
+    """A JPEG with structure in both directions (a gradient plus noise), so flips and rotations are visible."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
+    pixels = np.stack([xx * 255 // size[0], yy * 255 // size[1], rng.integers(0, 255, xx.shape)], axis=-1)
+    image = Image.fromarray(pixels.astype(np.uint8)).convert(mode)
+    exif = image.getexif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    image.save(path, exif=exif, quality=90)
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("reduction", [1, 2, 4])
+def test_jpeg_decode_equals_pil_upright_at_every_dct_scale(tmp_path, orientation, reduction):
+    from imagenet_cls.data.images import ImageFile
+
+    path = _photo(tmp_path / "photo.jpg", size=(640, 480), orientation=orientation)
+    image = ImageFile(path)
+    with Image.open(path) as reference:
+        reference.draft("RGB", (640 // reduction, 480 // reduction))
+        expected = np.asarray(ImageOps.exif_transpose(reference).convert("RGB"))
+    pixels = image.decode(reduction)
+    assert pixels.shape == (3, *expected.shape[:2])
+    assert (pixels.shape[1], pixels.shape[2]) == ((image.height // reduction, image.width // reduction))
+    np.testing.assert_array_equal(pixels.permute(1, 2, 0).numpy(), expected)
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "L"])
+def test_cmyk_and_grayscale_jpegs_decode_to_rgb(tmp_path, mode):
+    from imagenet_cls.data.images import ImageFile
+
+    path = _photo(tmp_path / f"{mode}.jpg", mode=mode)
+    expected = np.asarray(load_rgb(path))
+    pixels = ImageFile(path).decode().permute(1, 2, 0).numpy()
+    assert pixels.shape == expected.shape and np.abs(pixels.astype(int) - expected).max() <= 1
+
+
+def test_no_torchvision_io_decoding_left():
+    """torchvision.io's image decoding is deprecated (0.29): nothing in the package or the benchmarks uses it."""
+    root = Path(__file__).resolve().parents[1]
+    users = [
+        p for p in [*root.glob("imagenet_cls/**/*.py"), *root.glob("bench/*.py")] if "torchvision.io" in p.read_text()
+    ]
+    assert users == []

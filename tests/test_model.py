@@ -89,7 +89,7 @@ def test_freeze_backbone_for_first_epochs(monkeypatch):
 
 
 def test_hflip_test_time_augmentation_averages_the_mirror():
-    model = tiny(tta_hflip=True).eval()
+    model = tiny(tta_hflip=True, predict_backend="torch", predict_precision="32").eval()
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         expected = (model(images).softmax(-1) + model(images.flip(-1)).softmax(-1)) / 2
@@ -144,11 +144,11 @@ def test_real_mixup_on_flag():
     ("choice", "native", "bf16"),
     [("auto", True, True), ("auto", False, False), ("32", True, False), ("bf16", False, True)],
 )
-def test_predict_precision_on_cpu(monkeypatch, choice, native, bf16):
-    import imagenet_cls.model.module as model_module
+def test_torch_predict_precision_on_cpu_is_channels_last(monkeypatch, choice, native, bf16):
+    import imagenet_cls.model.inference as inference
 
-    monkeypatch.setattr(model_module, "cpu_has_native_bf16", lambda: native)
-    model = tiny(predict_precision=choice).eval()
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: native)
+    model = tiny(predict_backend="torch", predict_precision=choice).eval()
     seen = []
     model.backbone.register_forward_hook(
         lambda m, i, o: seen.append((o.dtype, i[0].is_contiguous(memory_format=torch.channels_last)))
@@ -159,5 +159,79 @@ def test_predict_precision_on_cpu(monkeypatch, choice, native, bf16):
         seen.clear()
         model.on_predict_start()
         probs = model.predict_step({"image": images}, 0)
-    assert seen == [(torch.bfloat16 if bf16 else torch.float32, bf16)]
+    assert seen == [(torch.bfloat16 if bf16 else torch.float32, True)]
     assert probs.dtype == torch.float32 and torch.allclose(probs, reference, atol=0.02 if bf16 else 1e-6)
+
+
+@pytest.mark.parametrize(
+    ("backend", "precision", "compiled", "installed", "expected"),
+    [
+        ("auto", "auto", False, True, "onnxruntime"),
+        ("auto", "32", False, True, "onnxruntime"),
+        ("auto", "auto", True, True, "torch"),  # --model.compile: the compiled PyTorch network
+        ("auto", "bf16", False, True, "torch"),  # ONNX Runtime runs float32 only
+        ("auto", "auto", False, False, "torch"),
+        ("torch", "auto", False, True, "torch"),
+        ("onnxruntime", "32", True, True, "onnxruntime"),
+    ],
+)
+def test_predict_backend_choice(monkeypatch, backend, precision, compiled, installed, expected):
+    import imagenet_cls.model.inference as inference
+
+    monkeypatch.setattr(inference, "onnxruntime_available", lambda: installed)
+    plan = inference.choose_plan(torch.device("cpu"), backend, precision, compiled)
+    assert plan.backend == expected
+    assert plan.channels_last == (expected == "torch") and not (expected == "onnxruntime" and plan.bf16)
+    on_gpu = inference.choose_plan(torch.device("cuda"), "torch" if backend == "onnxruntime" else backend, "auto")
+    assert on_gpu.backend == "torch"
+
+
+def test_onnxruntime_missing_is_a_one_line_error(monkeypatch):
+    import imagenet_cls.model.inference as inference
+
+    monkeypatch.setattr(inference, "onnxruntime_available", lambda: False)
+    with pytest.raises(UserError, match="--model.predict_backend onnxruntime needs onnxruntime"):
+        inference.choose_plan(torch.device("cpu"), "onnxruntime", "auto")
+
+
+def test_onnxruntime_predict_agrees_with_torch_and_caches_the_graph(monkeypatch, tmp_path, caplog):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    torch.manual_seed(0)
+    model = tiny(predict_backend="onnxruntime", tta_hflip=True).eval()
+    with torch.no_grad():
+        expected = (model(images).softmax(-1) + model(images.flip(-1)).softmax(-1)) / 2
+        with caplog.at_level("INFO", logger="imagenet_cls"):
+            model.on_predict_start()
+            probs = model.predict_step({"image": images}, 0)
+    assert "ONNX Runtime, float32" in caplog.text and "graph exported to" in caplog.text
+    torch.testing.assert_close(probs, expected, atol=1e-5, rtol=1e-4)
+    graphs = list((tmp_path / "cache" / "imagenet_cls" / "onnx").glob("*.onnx"))
+    assert len(graphs) == 1
+    caplog.clear()
+    with caplog.at_level("INFO", logger="imagenet_cls"):
+        model.on_predict_start()
+    assert f"graph cached at {graphs[0]}" in caplog.text
+
+
+def test_onnx_graph_that_disagrees_falls_back_to_torch(monkeypatch, tmp_path, caplog):
+    pytest.importorskip("onnxruntime")
+    import imagenet_cls.model.inference as inference
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = tiny(predict_precision="32").eval()
+    other = tiny().eval()  # same architecture, other random weights: a wrong graph
+    path = inference.onnx_cache_path(model.backbone, (3, 32, 32), None)
+    inference.export_onnx(other.backbone, path, (3, 32, 32), {})
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad(), caplog.at_level("INFO", logger="imagenet_cls"):
+        model.on_predict_start()
+        probs = model.predict_step({"image": images}, 0)
+        expected = model(images).softmax(-1)
+    assert "ONNX Runtime unusable for test_resnet (ONNX output differs from PyTorch" in caplog.text
+    assert "PyTorch float32, channels-last" in caplog.text
+    torch.testing.assert_close(probs, expected)
+    model.hparams.predict_backend = "onnxruntime"
+    with pytest.raises(UserError, match="--model.predict_backend onnxruntime: ONNX output differs"):
+        model.on_predict_start()

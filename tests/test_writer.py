@@ -217,9 +217,9 @@ def test_export_to_safetensors_loads_back_for_predict(checkpoint, tmp_path):
     from imagenet_cls.export import main as export_main
 
     assert export_main([str(checkpoint), str(tmp_path / "exported")]) == 0
-    description = json.loads((tmp_path / "exported" / "model.json").read_text())
-    assert description["classes"] == ["n00000001", "n00000002", "n00000003"]
-    assert description["data_config"]["input_size"] == [3, 32, 32]
+    description = json.loads((tmp_path / "exported" / "config.json").read_text())
+    assert description["label_names"] == ["n00000001", "n00000002", "n00000003"]
+    assert description["pretrained_cfg"]["input_size"] == [3, 32, 32]
     inputs = make_class_folders(tmp_path / "in", per_class=2)
     out = tmp_path / "out"
     code = main(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -182,9 +183,9 @@ def _check_header(image: Image.Image) -> None:
 class ImageFile:
     """An image file read into memory with its header checked; decoded on demand to an RGB uint8 tensor.
 
-    JPEGs decode with libjpeg-turbo (``torchvision.io.decode_jpeg``), optionally at 1/2, 1/4 or 1/8 scale in the
-    DCT domain (PIL's ``draft``), which is much faster when the result is downscaled anyway; other formats go
-    through :func:`to_rgb`. ``height`` and ``width`` are the upright (EXIF-oriented) size.
+    JPEGs decode with libjpeg-turbo (``simplejpeg``), optionally at 1/2, 1/4 or 1/8 scale in the DCT domain,
+    which is much faster when the result is downscaled anyway; other formats, and JPEGs libjpeg-turbo cannot turn
+    into RGB (CMYK), go through PIL and :func:`to_rgb`. ``height`` and ``width`` are the upright (EXIF-oriented) size.
 
     Args:
         path: The file, or only the name messages give when ``data`` holds its bytes already (an optimized dataset).
@@ -224,19 +225,16 @@ class ImageFile:
         return 1
 
     def decode(self, reduction: int = 1) -> torch.Tensor:
-        """RGB uint8 (3, H, W), upright; about ``1 / reduction`` of the full size for JPEGs."""
+        """RGB uint8 (3, H, W), upright; about ``1 / reduction`` of the full size for JPEGs.
+
+        The tensor is a view of pixel-interleaved (H, W, 3) memory, the layout the resize kernels want.
+        """
         import torch
 
-        if self.is_jpeg and reduction == 1:
-            from torchvision.io import ImageReadMode, decode_jpeg
-
-            try:
-                encoded = torch.frombuffer(self.data, dtype=torch.uint8)
-                # EXIF is parsed once, in __init__; torchvision's own parse costs ~10% of the decode.
-                upright = self.orientation != 1
-                return decode_jpeg(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=upright)
-            except RuntimeError:
-                pass  # odd JPEGs (e.g. 12-bit): PIL below decodes them or names the error
+        if self.is_jpeg:
+            array = self._decode_jpeg(reduction)
+            if array is not None:
+                return torch.from_numpy(array).permute(2, 0, 1)
         try:
             with Image.open(io.BytesIO(self.data)) as image:
                 if reduction > 1 and self.is_jpeg:
@@ -245,3 +243,31 @@ class ImageFile:
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             raise UserError(f"cannot decode image {self.path}: {error}") from None
         return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+    def _decode_jpeg(self, reduction: int) -> np.ndarray | None:
+        """(H, W, 3) uint8 upright, by libjpeg-turbo (simplejpeg) at 1/``reduction`` scale in the DCT domain.
+
+        The same pixels as PIL's ``draft``; None for JPEGs it does not decode (CMYK, 12-bit, damaged).
+        """
+        import simplejpeg
+
+        try:
+            array = simplejpeg.decode_jpeg(
+                self.data,
+                "RGB",
+                min_height=math.ceil(self.raw_height / reduction),
+                min_width=math.ceil(self.raw_width / reduction),
+            )
+        except ValueError:
+            return None  # PIL decodes them or names the error
+        return orient(array, self.orientation)
+
+
+def orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """(H, W, C) ``array`` turned upright for its EXIF ``orientation`` (1-8), as PIL's ``exif_transpose`` does."""
+    if orientation in (5, 6, 7, 8):
+        array = array.transpose(1, 0, 2)
+    flips = {2: (1,), 3: (0, 1), 4: (0,), 6: (1,), 7: (0, 1), 8: (0,)}.get(orientation, ())
+    if not flips:
+        return array
+    return np.ascontiguousarray(np.flip(array, flips))

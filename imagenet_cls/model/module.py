@@ -16,6 +16,7 @@ from imagenet_cls.data.batches import LabeledBatch, PredictBatch
 from imagenet_cls.errors import UserError
 from imagenet_cls.model.augment import create_mixup, create_random_erasing, create_training_loss, mixup_active
 from imagenet_cls.model.backbones import classifier_module, create_backbone, resolve_data_config
+from imagenet_cls.model.inference import PredictBackend, Predictor, PredictPrecision, create_predictor
 from imagenet_cls.model.optim import Schedule, create_optimizer, lr_schedule, parameter_groups, scale_lr
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,14 @@ class ClassificationModel(LightningModule):
         freeze_backbone_epochs: Train only the classifier for this many epochs (-1: always).
         backbone_lr_scale: Learning rate of everything but the classifier, as a fraction of ``lr``.
         tta_hflip: In predict, average the probabilities of each image and its mirror image.
-        predict_precision: Compute type of ``predict`` on CPU: ``auto`` runs bfloat16 autocast with channels-last
-            memory where the CPU computes bfloat16 natively (AMX or AVX512-BF16; top-1 agreeing with float32 on
-            99.6% of the sample images in ``make bench``), float32 elsewhere; ``32`` always float32;
-            ``bf16`` always bfloat16. On GPUs the trainer's ``precision`` applies. fit/validate/test stay float32
-            on CPU.
+        predict_backend: Runtime of ``predict`` on CPU: ``auto`` runs ONNX Runtime when it is installed (the
+            network exported once, cached beside the checkpoint, checked against PyTorch), PyTorch otherwise or
+            with ``compile``; ``torch`` or ``onnxruntime`` force one. PyTorch runs channels-last on CPU. One log
+            line says what was chosen. On GPUs the trainer's ``precision`` applies.
+        predict_precision: Compute type of the PyTorch ``predict`` backend on CPU: ``auto`` runs bfloat16
+            autocast only where the CPU computes bfloat16 natively (AMX or AVX512-BF16), float32 elsewhere;
+            ``32`` always float32; ``bf16`` always bfloat16 (and PyTorch under ``auto`` backend). fit/validate/test
+            stay float32 on CPU.
         nonfinite_loss: On a NaN or infinite training loss: ``stop`` (an error naming the step; no checkpoint is
             written from the broken weights) or ``skip`` that step's update.
         ema_decay: Keep an exponential moving average of the weights with this decay (e.g. 0.9998). One switch:
@@ -145,7 +149,8 @@ class ClassificationModel(LightningModule):
         freeze_backbone_epochs: int = 0,
         backbone_lr_scale: float = 1.0,
         tta_hflip: bool = False,
-        predict_precision: Literal["auto", "32", "bf16"] = "auto",
+        predict_backend: PredictBackend = "auto",
+        predict_precision: PredictPrecision = "auto",
         nonfinite_loss: Literal["stop", "skip"] = "stop",
         ema_decay: float | None = None,
         mixup_alpha: float = 0.0,
@@ -179,7 +184,7 @@ class ClassificationModel(LightningModule):
         self.register_buffer("pixel_mean", torch.tensor(self.data_config["mean"]).view(1, 3, 1, 1) * scale, False)
         self.register_buffer("pixel_std", torch.tensor(self.data_config["std"]).view(1, 3, 1, 1) * scale, False)
         self._channels_last = channels_last
-        self._predict_bf16 = False  # set by on_predict_start
+        self._predictor: Predictor | None = None  # chosen by on_predict_start
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         if compile:
@@ -309,24 +314,19 @@ class ClassificationModel(LightningModule):
         self._report_skipped("test")
 
     def on_predict_start(self) -> None:
-        self._predict_bf16 = self.device.type == "cpu" and self._wants_cpu_bf16()
-        if self._predict_bf16:
-            log.info("predict on CPU: bfloat16 autocast, channels-last (--model.predict_precision 32 for float32)")
-            self.backbone.to(memory_format=torch.channels_last)
-            self._channels_last = True
-
-    def _wants_cpu_bf16(self) -> bool:
-        choice = self.hparams.predict_precision
-        return choice == "bf16" or (choice == "auto" and cpu_has_native_bf16())
+        """Choose the predict runtime for this machine (see :mod:`imagenet_cls.model.inference`)."""
+        try:
+            checkpoint = self.trainer.ckpt_path  # the ONNX graph is cached beside it
+        except RuntimeError:  # not attached to a trainer
+            checkpoint = None
+        hp = self.hparams
+        self._predictor = create_predictor(self, hp.predict_backend, hp.predict_precision, checkpoint)
 
     def predict_step(self, batch: PredictBatch, batch_idx: int) -> torch.Tensor:
         """Class probabilities (B, num_classes), float32."""
-        images = batch["image"]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._predict_bf16):
-            probs = self(images).float().softmax(dim=-1)
-            if self.hparams.tta_hflip:
-                probs = (probs + self(images.flip(-1)).float().softmax(dim=-1)) / 2
-        return probs
+        if self._predictor is None:  # called outside trainer.predict
+            self.on_predict_start()
+        return self._predictor.probabilities(batch["image"], tta_hflip=self.hparams.tta_hflip)
 
     def on_train_epoch_start(self) -> None:
         freeze = self.hparams.freeze_backbone_epochs
@@ -396,16 +396,3 @@ class ClassificationModel(LightningModule):
 
 class TrainingDiverged(UserError):
     """The training loss became NaN or infinite."""
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AMX tiles or AVX512-BF16), where bf16 autocast pays off."""
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    for name in checks:
-        check = getattr(torch.cpu, name, None)
-        try:
-            if check is not None and check():
-                return True
-        except RuntimeError:
-            continue
-    return False

@@ -106,8 +106,13 @@ def load_pretrained(backbone: nn.Module, source: str, model_name: str) -> None:
 
 
 def read_state_dict(path: Path) -> StateDict:
-    """Read a state dict from a weights file with ``weights_only=True``, unwrapping common containers."""
+    """Read a state dict with ``weights_only=True`` from a weights file, unwrapping common containers.
+
+    A folder written by ``python -m imagenet_cls.export`` stands for its ``model.safetensors``.
+    """
     path = Path(path)
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        path = path / "model.safetensors"
     if not path.is_file():
         raise MissingPathError(f"--model.pretrained {path} is not a file: give a weights file or a known package")
     if path.suffix == ".safetensors":
