@@ -50,7 +50,7 @@ class RunConfigSaver(SaveConfigCallback):
         while path.exists():  # never over an earlier run's config
             attempt += 1
             path = folder / f"config-{timestamp()}-{stage_name}-{attempt}.yaml"
-        self.parser.save(self.config, path, skip_none=False, overwrite=False, multifile=self.multifile)
+        self.parser.save(self.config, path, skip_unset=False, overwrite=False, multifile=self.multifile)
 
 
 class ImageNetCLI(SubcommandArgumentsCLI):
