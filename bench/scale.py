@@ -4,8 +4,9 @@ At each fraction of ImageNet-1k (1,281,167 train and 50,000 val images in 1,000 
 temporary folder outside the repo (removed after):
 
 * one tiny real JPEG per class; every other image is a hard link to it (no 140 GB needed);
-* the three download shapes ``prepare`` reads: ILSVRC2012 archives (a train tar of 1,000 class tars, a val tar,
-  the devkit's ground truth), Kaggle's tree (with ``LOC_val_solution.csv``) and a tree of class folders;
+* the three download shapes ``prepare`` reads: Kaggle's tree (with ``LOC_val_solution.csv``), a tree of class
+  folders (the prepared ``train/``), and ILSVRC2012 archives (a train tar of 1,000 class tars, a val tar, the
+  devkit's ground truth);
 
 then times, each step in its own interpreter (its own peak RSS, imports not counted in the step's seconds):
 ``prepare`` of each shape, ``--check``, the data module's scan (``ImageNetDataModule.layout``) of the prepared split
@@ -66,19 +67,21 @@ class Download:
         self.per_class = spread(round(TRAIN_IMAGES * fraction), CLASSES)
         self.train, self.val = sum(self.per_class), max(1, round(VAL_IMAGES * fraction))
         self.val_labels = [val_label(i, self.wnids) for i in range(self.val)]
-        self.folders, self.kaggle, self.archives = root / "folders", root / "kaggle", root / "archives"
+        self.kaggle, self.archives = root / "kaggle", root / "archives"
+        self.kaggle_train = self.kaggle / "ILSVRC" / "Data" / "CLS-LOC" / "train"  # also the class-folder tree
 
     def build_trees(self) -> None:
-        """The base JPEGs, the class-folder tree and Kaggle's tree (hard links; ext4 allows 65,000 per file)."""
+        """The base JPEGs and Kaggle's tree, hard links (ext4 allows 65,000 per file; a tmpfs counts each link
+        against its inodes, so there are never more than two trees of links at a time)."""
         self.base = _base_jpegs(self.root / "base", self.wnids)
         kaggle_data = self.kaggle / "ILSVRC" / "Data" / "CLS-LOC"
         for wnid, count in zip(self.wnids, self.per_class, strict=True):
             source = str(self.base[wnid])
-            for tree in (self.folders / wnid, kaggle_data / "train" / wnid):
-                tree.mkdir(parents=True)
-                prefix = f"{tree}/{wnid}_"
-                for i in range(count):
-                    os.link(source, f"{prefix}{i}.JPEG")
+            tree = kaggle_data / "train" / wnid
+            tree.mkdir(parents=True)
+            prefix = f"{tree}/{wnid}_"
+            for i in range(count):
+                os.link(source, f"{prefix}{i}.JPEG")
         (kaggle_data / "val").mkdir()
         for i, wnid in enumerate(self.val_labels):
             os.link(self.base[wnid], kaggle_data / "val" / f"ILSVRC2012_val_{i + 1:08d}.JPEG")
@@ -275,10 +278,10 @@ def run_fraction(fraction: float, work: Path, run: dict, save: Callable[[], None
         n_train, n_val = download.train, download.val
         everything, dest = n_train + n_val, root / "dest"
         run.update(train=n_train, val=n_val)
-        timed("build class folders + Kaggle tree (harness)", everything, download.build_trees)
+        timed("build the Kaggle tree (harness)", everything, download.build_trees)
         step("prepare kaggle (links)", everything, PREPARE, source=download.kaggle, dest=dest / "kaggle")
         step("scan split folders (data module)", everything, SCAN, dest=dest / "kaggle")
-        step("scan class folders + split (data module)", n_train, SCAN, dest=download.folders)
+        step("scan class folders + split (data module)", n_train, SCAN, dest=download.kaggle_train)
         fit_root = root / "fit"
         args = ["fit", *TINY, *QUIET, "--data.data_dir", str(dest / "kaggle"), "--data.batch_size", "32"]
         args += ["--data.num_workers", "2", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"]
@@ -288,8 +291,11 @@ def run_fraction(fraction: float, work: Path, run: dict, save: Callable[[], None
             "fit: to the first training batch", everything, FIRST_BATCH, args=args, root=fit_root, launched=time.time()
         )
         step("check (--check, quick)", everything, CHECK, dest=dest / "kaggle")
-        step("prepare class folders (links, split)", n_train, PREPARE, source=download.folders, dest=dest / "folders")
-        for done in (dest / "kaggle" / "train", dest / "folders", download.folders, download.kaggle / "ILSVRC"):
+        _remove(download.kaggle / "ILSVRC")
+        # The prepared train/ is a tree of class folders (wnids) with nothing else: the seed's shape.
+        step("prepare class folders (links, split)", n_train, PREPARE, source=dest / "kaggle" / "train",
+             dest=dest / "folders")  # fmt: skip
+        for done in (dest / "kaggle" / "train", dest / "folders"):
             _remove(done)  # on a tmpfs --work, memory: the archives and their 1.33M extracted files come next
         timed("build archives (harness)", everything, download.build_archives)
         step("prepare archives (extract)", everything, PREPARE, source=download.archives, dest=dest / "archives")
@@ -490,6 +496,7 @@ def _check_room(work: Path, fraction: float) -> None:
     stat = os.statvfs(work)
     free_inodes, free_bytes = stat.f_favail, stat.f_bavail * stat.f_frsize
     if _is_tmpfs(work):
+        need_inodes = int(files * 2.05) + 10_000  # a tmpfs counts hard links as inodes: two trees at a time
         with open("/proc/meminfo") as meminfo:
             available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable"))
         free_bytes = min(free_bytes, available - 4 * 2**30)  # leave the system and the steps themselves 4 GiB
