@@ -119,3 +119,13 @@ def test_samples_are_compact_and_survive_pickling(tmp_path):
     compact, plain = len(pickle.dumps(samples)), len(pickle.dumps(as_list))
     assert compact < 2000 * 40 < plain  # DataLoader workers started with spawn receive it pickled
     assert pickle.loads(pickle.dumps(samples)) == as_list
+
+
+def test_sample_list_takes_numpy_and_tensor_indices(split_folders):
+    import numpy as np
+    import torch
+
+    samples = read_layout(split_folders).splits["train"]
+    assert samples[np.int64(3)] == samples[torch.tensor(3)] == list(samples)[3]
+    with pytest.raises(TypeError):
+        samples[1.5]

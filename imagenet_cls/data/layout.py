@@ -9,6 +9,7 @@ Two layouts are understood, neither is ever modified on disk:
 
 from __future__ import annotations
 
+import operator
 import os
 import random
 from collections.abc import Iterator, Sequence
@@ -44,6 +45,7 @@ class SampleList(Sequence):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
+        index = operator.index(index)  # NumPy and 0-d tensor indices too
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
