@@ -10,9 +10,10 @@ INPUT  ?=
 SRC    ?=
 DEST   ?=
 ARGS   ?=
+SCALE  ?= 0.01,0.1,1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train evaluate predict dataset test test-all lint format bench clean
+.PHONY: help install demo train evaluate predict dataset test test-all lint format bench scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +57,9 @@ format: $(STAMP) ## ruff fix and format
 
 bench: $(STAMP) ## benchmarks against baselines measured in the same run; writes bench/results.json
 	$(PY) -m bench.run
+
+scale: $(STAMP) ## ImageNet's size simulated in /tmp (tiny JPEGs, hard links); writes bench/scale.json: make scale SCALE=0.01
+	$(PY) -m bench.scale --scale $(SCALE)
 
 clean: ## remove run outputs and caches (keeps .venv and dataset/)
 	rm -rf runs wandb lightning_logs .pytest_cache .ruff_cache bench/results.json bench/_work

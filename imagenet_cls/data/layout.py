@@ -9,11 +9,16 @@ Two layouts are understood, neither is ever modified on disk:
 
 from __future__ import annotations
 
+import operator
+import os
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagenet_cls.data.images import is_hidden, iter_image_files
+import numpy as np
+
+from imagenet_cls.data.images import is_hidden, is_image_file
 from imagenet_cls.errors import MissingPathError, UserError
 
 SPLITS = ("train", "val", "test")
@@ -21,16 +26,80 @@ SPLITS = ("train", "val", "test")
 Sample = tuple[str, int]  # (image path, class index)
 
 
+class SampleList(Sequence):
+    """The samples of one split, a read-only sequence of ``(image path, class index)``, held in a few arrays.
+
+    ImageNet's 1.28M training samples as Python tuples of strings take ~250 MB, and every DataLoader worker
+    copies those pages as it touches their reference counts; here they take ~35 bytes each in five objects: the
+    folders, their class indices, each sample's folder, all names (relative to their folder) in one string, and
+    where each name ends.
+    """
+
+    def __init__(self, folders: list[str], labels: list[int], folder_of: np.ndarray, names: str, ends: np.ndarray):
+        self.folders, self.labels = folders, labels
+        self.folder_of, self.names, self.ends = folder_of, names, ends
+
+    def __len__(self) -> int:
+        return len(self.folder_of)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = operator.index(index)  # NumPy and 0-d tensor indices too
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} of {len(self)}")
+        start = int(self.ends[index - 1]) if index else 0
+        folder = int(self.folder_of[index])
+        return self.folders[folder] + os.sep + self.names[start : int(self.ends[index])], self.labels[folder]
+
+    def __iter__(self) -> Iterator[Sample]:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or len(self) != len(other):
+            return False
+        return all(a == tuple(b) for a, b in zip(self, other, strict=True))
+
+    def __repr__(self) -> str:
+        return f"SampleList({len(self)} samples in {len(self.folders)} folders)"
+
+
+class _SampleListBuilder:
+    """Collects a split's samples folder by folder: ``add(folder, label, names relative to it)``."""
+
+    def __init__(self) -> None:
+        self.folders: list[str] = []
+        self.labels: list[int] = []
+        self.counts: list[int] = []
+        self.chunks: list[str] = []
+        self.lengths: list[np.ndarray] = []
+
+    def add(self, folder: str, label: int, names: list[str]) -> None:
+        if names:
+            self.folders.append(folder)
+            self.labels.append(label)
+            self.counts.append(len(names))
+            self.chunks.append("".join(names))
+            self.lengths.append(np.fromiter(map(len, names), dtype=np.int64, count=len(names)))
+
+    def build(self) -> SampleList:
+        folder_of = np.repeat(np.arange(len(self.folders), dtype=np.int32), self.counts)
+        ends = np.cumsum(np.concatenate(self.lengths)) if self.lengths else np.zeros(0, dtype=np.int64)
+        return SampleList(self.folders, self.labels, folder_of, "".join(self.chunks), ends)
+
+
 @dataclass
 class DatasetLayout:
     """The classes of a data folder (sorted folder names) and the samples of each split."""
 
     classes: list[str]
-    splits: dict[str, list[Sample]] = field(default_factory=dict)
+    splits: dict[str, Sequence[Sample]] = field(default_factory=dict)
     kind: str = "split folders"
     class_map: Path | None = None  # a class map that comes with the data (an optimized dataset's), else None
 
-    def samples(self, split: str, option: str = "--data.data_dir") -> list[Sample]:
+    def samples(self, split: str, option: str = "--data.data_dir") -> Sequence[Sample]:
         """The samples of ``split``; a one-line error when the split has none."""
         samples = self.splits.get(split, [])
         if not samples:
@@ -59,15 +128,18 @@ def read_layout(data_dir: Path, split_fractions: tuple[float, float, float] = (0
 
 
 def _read_split_folders(data_dir: Path, split_dirs: dict[str, Path]) -> DatasetLayout:
-    per_split = {split: _images_per_class(path) for split, path in split_dirs.items()}
-    classes = sorted(set().union(*(images.keys() for images in per_split.values())))
+    folders = {split: class_folders(path) for split, path in split_dirs.items()}
+    classes = sorted(set().union(*folders.values()))
     if not classes:
         raise UserError(f"--data.data_dir {data_dir} has split folders but no class folders inside them")
     index = {name: i for i, name in enumerate(classes)}
-    splits = {
-        split: [(path, index[name]) for name in sorted(images) for path in images[name]]
-        for split, images in per_split.items()
-    }
+    splits = {}
+    for split, path in split_dirs.items():
+        builder = _SampleListBuilder()
+        for name in folders[split]:
+            folder = str(path / name)
+            builder.add(folder, index[name], _image_files(folder))
+        splits[split] = builder.build()
     return DatasetLayout(classes=classes, splits=splits, kind="split folders")
 
 
@@ -76,17 +148,18 @@ def _read_class_folders(data_dir: Path, fractions: tuple[float, float, float], s
         raise UserError(
             f"--data.split {fractions} must be three non-negative fractions (train, val, test) summing to 1"
         )
-    images = _images_per_class(data_dir)
-    if not images:
+    classes = class_folders(data_dir)
+    if not classes:
         raise UserError(
             f"--data.data_dir {data_dir} holds no class folders: expected <class>/<image> or train/ and val/ folders"
         )
-    classes = sorted(images)
-    splits: dict[str, list[Sample]] = {split: [] for split in SPLITS}
+    builders = {split: _SampleListBuilder() for split in SPLITS}
     for label, name in enumerate(classes):
-        for split, paths in split_per_class(images[name], fractions, f"{seed}-{name}").items():
-            splits[split] += [(p, label) for p in paths]
-    return DatasetLayout(classes=classes, splits=splits, kind="class folders")
+        folder = str(data_dir / name)
+        # Names relative to one class folder sort as their full paths do, so the split is the same.
+        for split, names in split_per_class(_image_files(folder), fractions, f"{seed}-{name}").items():
+            builders[split].add(folder, label, names)
+    return DatasetLayout(classes=classes, splits={s: b.build() for s, b in builders.items()}, kind="class folders")
 
 
 def split_per_class(paths: list, fractions: tuple[float, float, float], seed: str) -> dict[str, list]:
@@ -106,11 +179,17 @@ def split_per_class(paths: list, fractions: tuple[float, float, float], seed: st
     return {"val": paths[:n_val], "test": paths[n_val : n_val + n_test], "train": paths[n_val + n_test :]}
 
 
-def _images_per_class(root: Path) -> dict[str, list[str]]:
-    images = {}
-    for name in class_folders(root):
-        files = [str(path) for path in iter_image_files(root / name)]
-        if not files:
-            raise UserError(f"class folder {root / name} holds no image: add images or remove the folder")
-        images[name] = files
-    return images
+def _image_files(folder: str) -> list[str]:
+    """Image files under ``folder``, relative to it, in :func:`~imagenet_cls.data.images.iter_image_files`'s order.
+
+    Raises:
+        UserError: there is none.
+    """
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        prefix = dirpath[len(folder) + 1 :] + os.sep if dirpath != folder else ""
+        files += [prefix + name for name in sorted(filenames) if is_image_file(name)]
+    if not files:
+        raise UserError(f"class folder {folder} holds no image: add images or remove the folder")
+    return files

@@ -12,20 +12,24 @@
 
 DEST gets ``train/``, ``val/`` and (where labels exist) ``test/`` with wnid class folders, plus
 ``folder_num_class_map.txt``. Files are hard links where the filesystem allows, else symbolic links, else copies
-(``--mode``); archives are extracted. A rerun skips finished files, so an interrupted run just continues.
+(``--mode``); archives are extracted, each tar read once. A rerun skips finished files, so an interrupted run just
+continues; ``DEST/prepare.json`` records the split arguments, and a rerun with other ones is refused (an image must
+not end up in two splits).
 ``python -m imagenet_cls.prepare --check DIR`` checks a prepared (or any class-folder) dataset.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import json
 import os
 import re
 import shutil
 import sys
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,6 +42,7 @@ from imagenet_cls.errors import UserError, report_user_error
 Mode = Literal["auto", "link", "symlink", "copy"]
 WNID = re.compile(r"^n\d{8}$")
 KAGGLE_ROOT = Path("ILSVRC/Data/CLS-LOC")
+RECORD = "prepare.json"  # DEST's split arguments
 
 
 @dataclass(frozen=True)
@@ -155,33 +160,54 @@ def place(items: list[Item], dest: Path, mode: Mode = "auto", progress: bool = T
     """Link or copy every item into DEST; files already there (same size) are skipped. Returns counts."""
     counts = {"placed": 0, "skipped": 0}
     chosen = mode
+    folders: set[Path] = set()
     for item in _progress(items, "preparing", progress):
-        target = dest / item.split / item.wnid / item.name
-        if target.exists() and target.stat().st_size == item.source.stat().st_size:
+        folder = dest / item.split / item.wnid
+        target = folder / item.name
+        if _same_size(target, item.source):
             counts["skipped"] += 1
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if folder not in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            folders.add(folder)
         chosen = _place_one(item.source, target, chosen)
         counts["placed"] += 1
     counts["mode"] = chosen
     return counts
 
 
+def _same_size(target: Path, source: Path | int) -> bool:
+    """Whether ``target`` exists with the size of ``source`` (a path or a size): one ``stat`` when it is absent."""
+    try:
+        size = os.stat(target).st_size
+    except FileNotFoundError:
+        return False
+    return size == (source if isinstance(source, int) else os.stat(source).st_size)
+
+
 def _place_one(source: Path, target: Path, mode: Mode) -> Mode:
-    """Place one file; in ``auto`` mode fall back link -> symlink -> copy and remember what worked."""
+    """Place one file; in ``auto`` mode fall back link -> symlink -> copy and remember what worked.
+
+    A target is either complete or absent: links are made in one step (through ``.partial`` when a stale target
+    must be replaced), copies are written to ``.partial`` and renamed.
+    """
     partial = target.with_name(target.name + ".partial")
-    if partial.exists() or partial.is_symlink():
-        partial.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(partial)  # left by an interrupted run
     order = {"auto": ["link", "symlink", "copy"], "link": ["link"], "symlink": ["symlink"], "copy": ["copy"]}[mode]
     for way in order:
         try:
-            if way == "link":
-                os.link(source, partial)
-            elif way == "symlink":
-                os.symlink(os.path.abspath(source), partial)
-            else:
+            if way == "copy":
                 shutil.copy2(source, partial)
-            os.replace(partial, target)  # atomic: a target is either complete or absent
+                os.replace(partial, target)
+            else:
+                make = os.link if way == "link" else os.symlink
+                origin = source if way == "link" else os.path.abspath(source)
+                try:
+                    make(origin, target)
+                except FileExistsError:  # a stale file of another size from an earlier run
+                    make(origin, partial)
+                    os.replace(partial, target)
             return way if mode == "auto" else mode
         except OSError:
             if way == order[-1]:
@@ -190,42 +216,60 @@ def _place_one(source: Path, target: Path, mode: Mode) -> Mode:
 
 
 def extract_archives(source: Path, dest: Path, progress: bool = True) -> tuple[int, dict[str, str]]:
-    """Extract ILSVRC2012's train tar (a tar of per-class tars) and val tar into DEST; returns files written."""
+    """Extract ILSVRC2012's train tar (a tar of per-class tars) and val tar into DEST; returns files written.
+
+    Each tar is read once, member after member: finding members by name would walk the member list once per
+    member (50,000² steps for the val tar).
+    """
     written = 0
     train_tar = source / "ILSVRC2012_img_train.tar"
     if train_tar.is_file():
         with tarfile.open(train_tar) as outer:
-            for member in _progress(outer.getmembers(), "train classes", progress):
+            for member in _progress(outer, "train classes", progress):
                 wnid = Path(member.name).stem
                 if not member.isfile() or not WNID.match(wnid):
                     continue
-                done_marker = dest / "train" / wnid / ".complete"
+                folder = dest / "train" / wnid
+                done_marker = folder / ".complete"
                 if done_marker.exists():
                     continue
+                folder.mkdir(parents=True, exist_ok=True)
                 with tarfile.open(fileobj=outer.extractfile(member)) as inner:
-                    written += _extract_images(inner, dest / "train" / wnid, lambda name: True)
+                    written += _extract_images(inner, inner, lambda name, f=folder: f)
                 done_marker.write_text("ok\n")
     val_tar = source / "ILSVRC2012_img_val.tar"
     if val_tar.is_file():
         labels = _archive_val_labels(source)
+        folders: dict[str, Path] = {}
+
+        def val_folder(name: str) -> Path | None:
+            wnid = labels.get(name.rsplit(".", 1)[0])
+            if wnid is None:
+                return None
+            if wnid not in folders:
+                folders[wnid] = dest / "val" / wnid
+                folders[wnid].mkdir(parents=True, exist_ok=True)
+            return folders[wnid]
+
         with tarfile.open(val_tar) as tar:
-            for member in _progress(tar.getmembers(), "val images", progress):
-                name = Path(member.name).name
-                wnid = labels.get(Path(name).stem)
-                if member.isfile() and wnid:
-                    written += _extract_images(tar, dest / "val" / wnid, lambda n, m=member.name: n == m)
+            written += _extract_images(tar, _progress(tar, "val images", progress), val_folder)
     return written, imagenet_class_names()
 
 
-def _extract_images(tar: tarfile.TarFile, folder: Path, wanted) -> int:
-    folder.mkdir(parents=True, exist_ok=True)
+def _extract_images(
+    tar: tarfile.TarFile, members: Iterable[tarfile.TarInfo], folder_of: Callable[[str], Path | None]
+) -> int:
+    """Write each image of ``members`` (``tar`` iterated once) to ``folder_of(its base name)``; None skips it."""
     count = 0
-    for member in tar.getmembers():
-        name = Path(member.name).name  # flatten: never write outside the class folder
-        if not member.isfile() or not wanted(member.name) or not is_image_file(name):
+    for member in members:
+        name = os.path.basename(member.name)  # flatten: never write outside the class folder
+        if not member.isfile() or not is_image_file(name):
+            continue
+        folder = folder_of(name)
+        if folder is None:
             continue
         target = folder / name
-        if target.exists() and target.stat().st_size == member.size:
+        if _same_size(target, member.size):
             continue
         partial = target.with_name(name + ".partial")
         with tar.extractfile(member) as data, open(partial, "wb") as out:
@@ -266,10 +310,13 @@ def prepare(
 ) -> dict:
     """Prepare SOURCE into DEST (see the module doc); returns what was done."""
     source, dest = Path(source), Path(dest)
-    if dest.resolve() == source.resolve() or dest.resolve().is_relative_to(source.resolve()):
+    if _inside(dest, source):
         raise UserError(f"DEST {dest} is inside SOURCE {source}: choose a folder outside the source")
+    if _inside(source, dest):
+        raise UserError(f"SOURCE {source} is inside DEST {dest}: choose a DEST outside the source")
     shape = detect_shape(source)
     print(f"source {source}: {shape} layout", file=sys.stderr)
+    record_arguments(dest, shape, split, seed)
     if shape == "archives":
         written, names = extract_archives(source, dest, progress)
         counts = {"placed": written, "mode": "extracted"}
@@ -282,6 +329,48 @@ def prepare(
     )
     write_class_map(dest / "folder_num_class_map.txt", classes, names)
     return {"shape": shape, "classes": len(classes), **counts}
+
+
+def record_arguments(dest: Path, shape: str, split: tuple[float, float, float], seed: int) -> None:
+    """Write DEST's split arguments to ``DEST/prepare.json``, or refuse arguments other than those recorded.
+
+    Re-running with another split would keep the earlier placements too, so an image could be in train and val.
+    Nothing is moved when this refuses.
+
+    Raises:
+        UserError: DEST was prepared with other split arguments, or holds split folders but no record.
+    """
+    splits_itself = shape in ("class_folders", "flat")  # Kaggle's and the archives' splits are fixed
+    wanted = {"split": list(split) if splits_itself else None, "seed": seed if splits_itself else None}
+    record = dest / RECORD
+    if record.is_file():
+        recorded = json.loads(record.read_text(encoding="utf-8"))
+        if {key: recorded.get(key) for key in wanted} != wanted:
+            raise UserError(
+                f"DEST {dest} was prepared with {_describe(recorded)} ({record}); this run asks {_describe(wanted)}: "
+                "rerun with those arguments, or prepare into a new DEST"
+            )
+        return
+    if any((dest / split_name).is_dir() for split_name in ("train", "val", "test")):
+        raise UserError(
+            f"DEST {dest} already holds split folders but no {RECORD} (its split is unknown): prepare into a new DEST"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    partial = record.with_name(RECORD + ".partial")
+    partial.write_text(json.dumps({"shape": shape, **wanted}, indent=1) + "\n", encoding="utf-8")
+    os.replace(partial, record)
+
+
+def _describe(arguments: dict) -> str:
+    if arguments.get("split") is None:
+        return "the source's own split"
+    return f"--split {','.join(f'{f:g}' for f in arguments['split'])} --seed {arguments['seed']}"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (links resolved)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or path.is_relative_to(folder)
 
 
 def _progress(items, description: str, enabled: bool) -> Iterator:
@@ -350,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             if not args.check.is_dir():
                 raise UserError(f"--check {args.check} is not a folder")
+            if args.fix and _inside(args.fix, args.check):
+                raise UserError(f"--fix {args.fix} is inside --check {args.check}: choose a folder outside it")
             summary = check_dataset(args.check, args.check / "check_report.csv", args.full, not args.no_progress)
             print(format_summary(summary))
             if args.fix:
