@@ -119,13 +119,12 @@ def main() -> None:
     if args.command == "export":
         print(f"{export_digits(args.destination)} digit images in {args.destination}")
     else:
-        from imagenet_cls.errors import UserError
+        from imagenet_cls.errors import UserError, report_user_error
 
         try:
             run_demo(args.data_dir, args.config, args.root_dir)
         except UserError as error:  # as the CLI's main: one line, no traceback
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
+            raise SystemExit(report_user_error(error)) from None
 
 
 if __name__ == "__main__":

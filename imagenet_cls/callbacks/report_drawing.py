@@ -156,6 +156,7 @@ def write_gallery(
     """
     import cv2
 
+    from imagenet_cls.data.datasets import fit_within
     from imagenet_cls.data.images import load_rgb
     from imagenet_cls.errors import UserError
 
@@ -176,7 +177,7 @@ def write_gallery(
             image = pictures[n] if pictures is not None else np.asarray(open_image(image_path))
         except UserError:
             image = np.full((tile, tile, 3), 200, np.uint8)
-        image = cv2.cvtColor(_fit(image, tile - 8), cv2.COLOR_RGB2BGR)
+        image = cv2.cvtColor(fit_within(image, (tile - 8, tile - 8)), cv2.COLOR_RGB2BGR)
         h, w = image.shape[:2]
         top, left = y + 4 + (tile - 8 - h) // 2, x + 4 + (tile - 8 - w) // 2
         canvas[top : top + h, left : left + w] = image
@@ -185,15 +186,6 @@ def write_gallery(
         _text(canvas, f"p={prob:.3f}  {_shorten(Path(image_path).name, 20)}", (x + 5, y + tile + 58), 0.4, GREY)
     cv2.imwrite(str(path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 90])
     return path
-
-
-def _fit(image: np.ndarray, size: int) -> np.ndarray:
-    import cv2
-
-    h, w = image.shape[:2]
-    scale = size / max(h, w)
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=interpolation)
 
 
 def _text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float, colour, thickness: int = 1) -> None:

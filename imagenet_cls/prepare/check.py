@@ -11,12 +11,14 @@ import errno
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
 from imagenet_cls.data.images import ALLOWED_FORMATS, EXTENSION_FORMATS, IMAGE_EXTENSIONS, is_hidden
+from imagenet_cls.data.layout import SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def _jpeg_has_end_marker(path: Path) -> bool:
 def check_dataset(root: Path, report: Path | None = None, full: bool = False, progress: bool = True) -> dict:
     """Check ``root`` (split folders or class folders); write the CSV report; return a summary dict."""
     root = Path(root)
-    splits = [s for s in ("train", "val", "test") if (root / s).is_dir()] or [""]
+    splits = [s for s in SPLITS if (root / s).is_dir()] or [""]
     counts: dict[tuple[str, str], int] = {}
     problems: list[Problem] = []
     files = []
@@ -100,7 +102,7 @@ def check_dataset(root: Path, report: Path | None = None, full: bool = False, pr
                 for name in sorted(filenames):
                     if not is_hidden(name):
                         files.append((split, class_dir.name, Path(dirpath) / name))
-    for split, class_folder, path in _progress(files, "checking", progress):
+    for split, class_folder, path in with_progress(files, "checking", progress):
         if not path.name.lower().endswith(IMAGE_EXTENSIONS):
             problems.append(Problem(str(path), split, class_folder, "not_image", "extension"))
             continue
@@ -182,9 +184,10 @@ def fix_files(problems: list[Problem], source_root: Path, destination: Path) -> 
     return written
 
 
-def _progress(items: list, description: str, enabled: bool):
+def with_progress(items, description: str, enabled: bool) -> Iterator:
+    """``items`` with a tqdm progress bar (files per second) when ``enabled``."""
     if not enabled:
-        return items
+        return iter(items)
     from tqdm import tqdm
 
-    return tqdm(items, desc=description, unit="file", mininterval=1.0)
+    return iter(tqdm(items, desc=description, unit="file", mininterval=1.0))

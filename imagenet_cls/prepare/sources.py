@@ -29,15 +29,16 @@ import re
 import shutil
 import sys
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from imagenet_cls.data.classes import imagenet_class_names, read_class_map, write_class_map
 from imagenet_cls.data.images import is_hidden, is_image_file, iter_image_files
-from imagenet_cls.data.layout import split_per_class
+from imagenet_cls.data.layout import SPLITS, split_per_class
 from imagenet_cls.errors import UserError, report_user_error
+from imagenet_cls.prepare.check import with_progress
 
 Mode = Literal["auto", "link", "symlink", "copy"]
 WNID = re.compile(r"^n\d{8}$")
@@ -161,7 +162,7 @@ def place(items: list[Item], dest: Path, mode: Mode = "auto", progress: bool = T
     counts = {"placed": 0, "skipped": 0}
     chosen = mode
     folders: set[Path] = set()
-    for item in _progress(items, "preparing", progress):
+    for item in with_progress(items, "preparing", progress):
         folder = dest / item.split / item.wnid
         target = folder / item.name
         if _same_size(target, item.source):
@@ -225,7 +226,7 @@ def extract_archives(source: Path, dest: Path, progress: bool = True) -> tuple[i
     train_tar = source / "ILSVRC2012_img_train.tar"
     if train_tar.is_file():
         with tarfile.open(train_tar) as outer:
-            for member in _progress(outer, "train classes", progress):
+            for member in with_progress(outer, "train classes", progress):
                 wnid = Path(member.name).stem
                 if not member.isfile() or not WNID.match(wnid):
                     continue
@@ -252,7 +253,7 @@ def extract_archives(source: Path, dest: Path, progress: bool = True) -> tuple[i
             return folders[wnid]
 
         with tarfile.open(val_tar) as tar:
-            written += _extract_images(tar, _progress(tar, "val images", progress), val_folder)
+            written += _extract_images(tar, with_progress(tar, "val images", progress), val_folder)
     return written, imagenet_class_names()
 
 
@@ -324,9 +325,7 @@ def prepare(
         planner = {"kaggle": plan_kaggle, "class_folders": plan_folders, "flat": plan_flat}[shape]
         items, names = planner(source) if shape == "kaggle" else planner(source, split, seed)
         counts = place(items, dest, mode, progress)
-    classes = sorted(
-        {p.name for s in ("train", "val", "test") if (dest / s).is_dir() for p in (dest / s).iterdir() if p.is_dir()}
-    )
+    classes = sorted({p.name for s in SPLITS if (dest / s).is_dir() for p in (dest / s).iterdir() if p.is_dir()})
     write_class_map(dest / "folder_num_class_map.txt", classes, names)
     return {"shape": shape, "classes": len(classes), **counts}
 
@@ -351,7 +350,7 @@ def record_arguments(dest: Path, shape: str, split: tuple[float, float, float], 
                 "rerun with those arguments, or prepare into a new DEST"
             )
         return
-    if any((dest / split_name).is_dir() for split_name in ("train", "val", "test")):
+    if any((dest / split_name).is_dir() for split_name in SPLITS):
         raise UserError(
             f"DEST {dest} already holds split folders but no {RECORD} (its split is unknown): prepare into a new DEST"
         )
@@ -373,17 +372,9 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or path.is_relative_to(folder)
 
 
-def _progress(items, description: str, enabled: bool) -> Iterator:
-    if not enabled:
-        return iter(items)
-    from tqdm import tqdm
-
-    return iter(tqdm(items, desc=description, unit="file", mininterval=1.0))
-
-
 def _parse_split(text: str) -> tuple[float, float, float]:
-    if text in ("train", "val", "test"):
-        return tuple(1.0 if s == text else 0.0 for s in ("train", "val", "test"))
+    if text in SPLITS:
+        return tuple(1.0 if s == text else 0.0 for s in SPLITS)
     parts = tuple(float(x) for x in text.split(","))
     if len(parts) != 3 or abs(sum(parts) - 1) > 1e-6 or min(parts) < 0:
         raise argparse.ArgumentTypeError("--split takes train,val,test fractions summing to 1, or train|val|test")
