@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from imagenet_cls.errors import UserError, report_user_error
+from imagenet_cls.model.inference import plain
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def export(checkpoint: Path, out_dir: Path, report: Path | None = None, onnx: bo
         log.info("%s is a torchvision model: timm cannot load it, config.json is left out", hparams["model_name"])
     else:
         write_timm_config(model, out_dir / "config.json")
-    kept = {k: _plain(hparams[k]) for k in KEPT_HPARAMS if k in hparams}
+    kept = {k: plain(hparams[k]) for k in KEPT_HPARAMS if k in hparams}
     predict = {"model": {**kept, "pretrained": str(out_dir.resolve())}, "data": {"mode": "predict"}}
     (out_dir / "predict.yaml").write_text(yaml.safe_dump({**predict, "trainer": {"logger": False}}, sort_keys=False))
     onnx_check = None
@@ -279,14 +280,6 @@ def _run_config(checkpoint: Path) -> dict[str, Any]:
     except (OSError, yaml.YAMLError):
         return {}
     return config if isinstance(config, dict) else {}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,18 +62,25 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 @contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run the block with torch, NumPy and Python's ``random`` seeded by ``seed``; their states are restored after."""
+def random_state_kept() -> Iterator[None]:
+    """Restore torch's, NumPy's and Python's global random states after the block."""
     states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
     try:
         yield
     finally:
         torch.set_rng_state(states[0])
         np.random.set_state(states[1])
         random.setstate(states[2])
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch, NumPy and Python's ``random`` seeded by ``seed``; their states are restored after."""
+    with random_state_kept():
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        yield
 
 
 class ResumeState(Callback):

@@ -19,8 +19,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,23 +112,6 @@ def _download_manifest(url: str, storage_options: dict[str, Any]) -> Path:
     return folder
 
 
-@contextmanager
-def _random_state_kept() -> Iterator[None]:
-    """Restore torch's, NumPy's and Python's global random states after the block."""
-    import random
-
-    import numpy as np
-    import torch
-
-    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    try:
-        yield
-    finally:
-        torch.set_rng_state(states[0])
-        np.random.set_state(states[1])
-        random.setstate(states[2])
-
-
 def _quiet_litdata() -> None:
     os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")  # no PyPI request at each dataset
 
@@ -177,7 +159,9 @@ class StreamingImageDataset(ImageFileDataset):
     def _get(self, index: int) -> dict[str, Any]:
         # LitData draws from the global random generators while it opens and downloads (retry jitter): keep them
         # as they were, so augmentations (seeded per sample) and the training process never depend on I/O.
-        with _random_state_kept():
+        from imagenet_cls.callbacks.resume import random_state_kept
+
+        with random_state_kept():
             return self.reader[int(index)]
 
     @property

@@ -223,7 +223,7 @@ def onnx_metadata(hparams: dict[str, Any], data_config: dict[str, Any]) -> dict[
         "classes": json.dumps(list(hparams.get("classes") or [])),
         "class_names": json.dumps(list(hparams.get("class_names") or [])),
         "input": f"{ONNX_INPUT}: (batch, 3, H, W) float32 RGB, scaled to 0-1, then (x - mean) / std",
-        "preprocessing": json.dumps(_plain(data_config)),
+        "preprocessing": json.dumps(plain(data_config)),
     }
 
 
@@ -309,9 +309,10 @@ def _eager(backbone: nn.Module) -> nn.Module:
     return getattr(backbone, "_orig_mod", backbone)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """``value`` with tuples as lists, for JSON and YAML (preprocessing, hyper-parameters)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
