@@ -23,10 +23,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+from lightning.pytorch.plugins.io import CheckpointIO
 from torch.utils.data import DistributedSampler
 
 from imagenet_cls.errors import UserError
+from imagenet_cls.runs.checkpoints import last_checkpoint_path
 
 
 class ResumableSampler(DistributedSampler):
@@ -158,12 +159,24 @@ class NonFiniteWeights(UserError):
     """The weights to be checkpointed hold NaN or infinite values."""
 
 
-class FiniteCheckpointIO(_WrappingCheckpointIO):
+class FiniteCheckpointIO(CheckpointIO):
     """Writes checkpoints through another CheckpointIO unless their weights hold NaN or infinite values.
 
     The last line of defence, for every file written (weights-only ones included); it runs on the writing process
     only, after :meth:`ResumeState.on_save_checkpoint` has checked full checkpoints on every process.
     """
+
+    def __init__(self, checkpoint_io: CheckpointIO) -> None:
+        self.checkpoint_io = checkpoint_io  # the strategy's own writer, which does the work
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        return self.checkpoint_io.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        self.checkpoint_io.remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        self.checkpoint_io.teardown()
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         tensors = [
@@ -178,7 +191,7 @@ class FiniteCheckpointIO(_WrappingCheckpointIO):
                 f"weights are not finite (first: {bad}): {path} not written; lower --model.lr or set "
                 "--trainer.gradient_clip_val"
             )
-        super().save_checkpoint(checkpoint, path, storage_options=storage_options)
+        self.checkpoint_io.save_checkpoint(checkpoint, path, storage_options=storage_options)
 
 
 def named_weights(pl_module: LightningModule, callbacks: Iterable[Callback]) -> list[tuple[str, torch.Tensor]]:
@@ -235,14 +248,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
-
-
-def last_checkpoint_path(trainer: Trainer) -> Path:
-    """Where ``last.ckpt`` of this run goes: beside the ModelCheckpoint's files, else ``<root>/checkpoints``."""
-    checkpoint = trainer.checkpoint_callback
-    if checkpoint is not None and checkpoint.dirpath:
-        return Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
-    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
 
 def save_last_checkpoint(trainer: Trainer) -> Path:

@@ -22,7 +22,7 @@ def explain_failure(error: BaseException, trainer: Trainer) -> str | None:
     """A one-line explanation of out-of-memory or a killed DataLoader worker; None for other errors."""
     import torch
 
-    from imagenet_cls.callbacks.resume import last_checkpoint_path
+    from imagenet_cls.runs.checkpoints import last_checkpoint_path
 
     if not isinstance(error, RuntimeError):  # torch.OutOfMemoryError is a RuntimeError
         return None

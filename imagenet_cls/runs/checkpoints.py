@@ -69,6 +69,14 @@ def find_checkpoint(name: str, root: Path) -> Path:
     return candidates[-1]
 
 
+def last_checkpoint_path(trainer: Trainer) -> Path:
+    """Where ``last.ckpt`` of this run goes: beside the ModelCheckpoint's files, else ``<root>/checkpoints``."""
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.dirpath:
+        return Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+
 class BestCheckpointLink(Callback):
     """Keeps ``<run folder>/best.ckpt``: a link to the file the run's ModelCheckpoint holds as best.
 
