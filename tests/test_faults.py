@@ -178,7 +178,8 @@ def test_a_read_stuck_in_the_kernel_ends_with_an_error_naming_the_option(class_f
     _poisoned(monkeypatch, "n00000002/img_003.jpg", stuck)
     started = time.monotonic()
     args = ["validate", *TINY_MODEL, *FAST_TRAINER, "--data.data_dir", str(class_folders), "--data.batch_size", "2",
-            "--data.num_workers", "1", "--data.sample_timeout", "2", "--data.split", "[0.0, 1.0, 0.0]"]  # fmt: skip
+            "--data.num_workers", "1", "--data.sample_timeout", "2", "--data.split", "[0.0, 1.0, 0.0]",
+            *untrained_weights(tmp_path)]  # fmt: skip
     try:
         assert main(args) == 2
     finally:

@@ -385,7 +385,6 @@ def _log_to_wandb(trainer: Trainer, split: str, files: dict[str, Path], rows: li
         pictures = {key: path for key, path in files.items() if path.suffix in (".png", ".jpg")}
         for key, path in pictures.items():
             logger.log_image(key=f"report/{split}/{key}", images=[str(path)])
-        if rows:
-            logger.log_table(
-                key=f"report/{split}/per_class", columns=list(rows[0]), data=[list(r.values()) for r in rows]
-            )
+        if rows:  # an undefined metric ("" in the CSV: a class without images) is None to W&B's typed columns
+            data = [[None if value == "" else value for value in row.values()] for row in rows]
+            logger.log_table(key=f"report/{split}/per_class", columns=list(rows[0]), data=data)

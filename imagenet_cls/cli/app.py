@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from imagenet_cls.runs.folders import RunFolder, run_folder, timestamp
 log = logging.getLogger("imagenet_cls")
 
 CHECKED_HPARAMS = ("model_name", "num_classes", "image_size")
+# GracefulShutdown's exits: 128 + SIGINT, SIGTERM, SIGUSR1 (SLURM's requeue signal).
+SIGNAL_EXIT_CODES = {128 + int(s) for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", 10))}
 # Re-exported for configs and tests that name them here.
 DEFAULT_CALLBACKS, DEFAULT_LOGGER = edits.DEFAULT_CALLBACKS, edits.DEFAULT_LOGGER
 
@@ -289,6 +292,11 @@ def main(args: list[str] | None = None) -> int:
         if advice.advice is None:
             raise
         return report_user_error(UserError(advice.advice))
+    except SystemExit as exit_:
+        if exit_.code in SIGNAL_EXIT_CODES:  # saved and exiting for a signal: a later SIGTERM to the job is moot
+            for signum in (signal.SIGTERM, signal.SIGINT):  # (Lightning's teardown put the default handlers back)
+                signal.signal(signum, signal.SIG_IGN)
+        raise
     return 0
 
 
