@@ -48,6 +48,7 @@ def export_digits(destination: Path, size: int = 32) -> int:
 
 def run_demo(data_dir: Path, config: Path, root_dir: Path) -> dict[str, float]:
     """Export, fit (+ test) and predict; returns the test accuracy and the predict accuracy."""
+    # Long on purpose: the demo is a script, fit, test and predict as a user would type them.
     import pandas as pd
 
     from imagenet_cls.cli import ImageNetCLI, main

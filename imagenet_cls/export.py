@@ -166,6 +166,7 @@ def model_card(
     onnx_difference: float | None,
 ) -> str:
     """The ``README.md`` of an exported folder (Hugging Face model-card front matter, then Markdown)."""
+    # Long on purpose: a template, the card's sections top to bottom.
     name, classes = hparams["model_name"], list(hparams.get("classes") or [])
     names = list(hparams.get("class_names") or classes)
     timm_model = not name.startswith("tv:")

@@ -69,6 +69,7 @@ class LearningRateFinder(LightningLearningRateFinder):
         self.lr_find(trainer, pl_module)
 
     def lr_find(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Long on purpose: Lightning's search, then the rebuild of optimizer and schedule and the files, in order.
         if _resuming(trainer, "learning-rate"):
             return
         hparams = pl_module.hparams

@@ -156,6 +156,7 @@ class EvaluationReport(Callback):
         }
 
     def _write(self, trainer: Trainer, pl_module: LightningModule, split: str, gathered: dict[str, Any]) -> None:
+        # Long on purpose: the report's files one after another, in the order the README lists them.
         if not trainer.is_global_zero:
             return
         from imagenet_cls.callbacks import report_drawing as drawing

@@ -88,6 +88,7 @@ def write_reliability_diagram(path: Path, calibration: np.ndarray, ece: float, t
 
     ``calibration`` is (bins, 3): images, mean top-1 probability, top-1 accuracy.
     """
+    # Long on purpose: drawing code, one canvas element after another; split up, its coordinates would scatter.
     import cv2
 
     bins = len(calibration)

@@ -104,6 +104,7 @@ class ImageNetDataModule(LightningDataModule):
         storage_options: dict[str, Any] | None = None,
         cache_dir: Path | None = None,
     ) -> None:
+        # Long for its signature: each typed parameter is a --data.* option (jsonargparse).
         super().__init__()
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.mode = mode

@@ -56,6 +56,7 @@ def write_litdata(
         num_workers: LitData worker processes; default: the CPU count.
         progress: Show LitData's progress bar.
     """
+    # Long on purpose: per split, plan, keep-if-done, optimize and record share their state.
     from imagenet_cls.data.classes import class_names, write_class_map
     from imagenet_cls.data.layout import read_layout
 

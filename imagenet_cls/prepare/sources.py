@@ -381,10 +381,8 @@ def _parse_split(text: str) -> tuple[float, float, float]:
     return parts
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line of ``python -m imagenet_cls.prepare``."""
-    from imagenet_cls.prepare.check import check_dataset, fix_files, format_summary
-
+def _argument_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m imagenet_cls.prepare``."""
     parser = argparse.ArgumentParser(
         prog="python -m imagenet_cls.prepare",
         description=__doc__.split("\n\n")[0],
@@ -425,6 +423,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-side", type=int, help="litdata: re-encode images larger than this (changes pixels)")
     parser.add_argument("--quality", type=int, default=90, help="litdata: JPEG quality of re-encoded images")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of ``python -m imagenet_cls.prepare``."""
+    from imagenet_cls.prepare.check import check_dataset, fix_files, format_summary
+
+    parser = _argument_parser()
     args = parser.parse_args(argv)
     try:
         if args.check:
