@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from imagenet_cls.cli import ImageNetCLI, main
-from tests.conftest import FAST_TRAINER, TINY_MODEL, fit_args, make_class_folders
+from tests.conftest import FAST_TRAINER, TINY_MODEL, fit_args, make_class_folders, untrained_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -426,3 +426,7 @@ def test_evaluation_keeps_the_model_classes(fitted, tmp_path, capsys):
     assert "n09999999 unknown to the model" in message
     message = _error_of(capsys, "validate", *TINY_MODEL, "--data.data_dir", str(subset), *FAST_TRAINER)
     assert "validate needs trained weights" in message
+    five_classes = untrained_weights(tmp_path, num_classes=5)  # then --model.num_classes 3 below wins
+    args = ["validate", *TINY_MODEL, *five_classes, "--model.num_classes", "3", *FAST_TRAINER, "--data.data_dir"]
+    message = _error_of(capsys, *args, str(make_class_folders(tmp_path / "three")))
+    assert "classifier for another number of classes" in message and "only fit re-initialises a head" in message

@@ -236,6 +236,13 @@ class ImageNetCLI(SubcommandArgumentsCLI):
     # ---- after instantiation: hand the decisions to the data module --------------------------------------------
     def after_instantiate_classes(self) -> None:
         drop_unset_wandb_anonymous(self.trainer)
+        if self.subcommand != "fit" and self.model.head_reinitialised:
+            hparams = self.model.hparams
+            raise UserError(
+                f"--model.pretrained {hparams.pretrained} has a classifier for another number of classes than the "
+                f"{hparams.num_classes} of --model.num_classes / the data: only fit re-initialises a head; give the "
+                "file's number of classes (and --data.class_map), or fit first"
+            )
         self.datamodule.set_preprocessing(self.model.data_config, self.model.train_input_size)
         if self._layout is not None:
             self.datamodule.use_layout(self._layout, self.model.hparams.classes)

@@ -170,10 +170,11 @@ class ClassificationModel(LightningModule):
         if not model_name.startswith("tv:"):
             extra = {"drop_rate": drop_rate, **({"drop_path_rate": drop_path_rate} if drop_path_rate else {})}
         self.backbone = create_backbone(model_name, num_classes, pretrained is True, **extra)
+        self.head_reinitialised = False  # a pretrained file's classifier of another size (only fit may use that)
         if isinstance(pretrained, str) and pretrained:
             from imagenet_cls.model.weights import load_pretrained
 
-            load_pretrained(self.backbone, pretrained, model_name)
+            self.head_reinitialised = load_pretrained(self.backbone, pretrained, model_name)
         self.data_config = resolve_data_config(
             self.backbone, image_size=image_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std
         )

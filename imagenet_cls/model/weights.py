@@ -65,8 +65,8 @@ _EXPANDED_BLOCK_NAMES = {
 _DEPTHWISE_BLOCK_NAMES = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 
 
-def load_pretrained(backbone: nn.Module, source: str, model_name: str) -> None:
-    """Load ``source`` into ``backbone`` in place.
+def load_pretrained(backbone: nn.Module, source: str, model_name: str) -> bool:
+    """Load ``source`` into ``backbone`` in place; return whether the classifier was left re-initialised.
 
     When the file's classifier has another number of classes than ``backbone``, the classifier keeps its fresh
     initialisation and everything else is loaded (fine-tuning).
@@ -103,6 +103,7 @@ def load_pretrained(backbone: nn.Module, source: str, model_name: str) -> None:
         )
     backbone.load_state_dict(state, strict=False)
     log.info("pretrained weights loaded from %s (%d tensors)", source, len(state))
+    return bool(dropped)
 
 
 def read_state_dict(path: Path) -> StateDict:
