@@ -16,14 +16,16 @@ def timm_top1(data_dir: Path, work: Path = WORK, variant: int = 0) -> tuple[floa
     """timm's evaluation of the same weights (its inference.py loop: the uint8 prefetching loader, normalised in
     the loop), scored against the sample's wnids in sorted order (the head's order).
 
-    Lite0 uses this run's timm predictions from bench.predict when there are any; otherwise timm runs now.
+    Lite0 in ``make bench`` uses the timm predictions bench.predict made in the same run; otherwise timm runs now.
     """
     import pandas as pd
 
     from bench.predict import TIMM_CSV
 
-    csv = TIMM_CSV if variant == 0 else work / f"timm_inference_lite{variant}.csv"
-    if variant or not csv.is_file():
+    # bench.predict's timm run of this same `make bench` (bench/_work is emptied when it starts); else run timm now.
+    reuse = variant == 0 and work == WORK and TIMM_CSV.is_file()
+    csv = TIMM_CSV if reuse else work / f"timm_inference_lite{variant}.csv"
+    if not reuse:
         work.mkdir(parents=True, exist_ok=True)
         code = TIMM_INFERENCE.replace("lite0", f"lite{variant}")  # model name and package name
         run_python(code.format(folder=str(sample_dir()), out=str(csv), flags={}))
