@@ -13,7 +13,7 @@ ARGS   ?=
 SCALE  ?= 0.01,0.1,1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train evaluate predict dataset test test-all lint format bench scale clean
+.PHONY: help install demo train evaluate predict dataset test test-slow test-all lint format bench scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ dataset: $(STAMP) ## prepare a download without touching it: make dataset SRC=~/
 
 test: $(STAMP) ## the test suite (slow tests excluded; see test-all)
 	$(PY) -m pytest -m "not slow and not gpu" -q
+
+test-slow: $(STAMP) ## only the slow tests (the real sample images; they skip without ../shared/data/imagenet-sample)
+	$(PY) -m pytest -m "slow and not gpu" -q
 
 test-all: $(STAMP) ## every test, slow ones included
 	$(PY) -m pytest -m "not gpu" -q
