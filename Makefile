@@ -44,7 +44,7 @@ dataset: $(STAMP) ## prepare a download without touching it: make dataset SRC=~/
 test: $(STAMP) ## the test suite (slow tests excluded; see test-all)
 	$(PY) -m pytest -m "not slow and not gpu" -q
 
-test-slow: $(STAMP) ## only the slow tests (the real sample images; they skip without ../shared/data/imagenet-sample)
+test-slow: $(STAMP) ## only the slow tests: real sample images (skip without ../shared/data/imagenet-sample), SIGINT, demo
 	$(PY) -m pytest -m "slow and not gpu" -q
 
 test-all: $(STAMP) ## every test, slow ones included
