@@ -206,11 +206,24 @@ def runtimes(batch: int = 32, repeats: int = 3) -> list[Result]:
     ]
 
 
+def _untrained_test_resnet() -> Path:
+    """A freshly initialised 1000-class ``test_resnet`` saved as a weights file (memory, not accuracy, is measured)."""
+    import torch
+
+    from imagenet_cls.model.backbones import create_backbone
+
+    path = WORK / "test_resnet_untrained.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(create_backbone("test_resnet", 1000, False).state_dict(), path)
+    return path
+
+
 def memory(small: int = 500, large: int = 5000) -> Result:
     peaks = {}
     for count in (small, large):
         folder = linked_copies(count)
         tiny = ["--model.model_name", "test_resnet", "--model.num_classes", "1000", "--model.image_size", "64"]
+        tiny += ["--model.pretrained", str(_untrained_test_resnet())]  # predict refuses a model without weights
         peaks[count] = _ours(_predict_args(folder, WORK / f"out_mem{count}", model=tiny, workers=0))["peak_rss_mb"]
     return Result(
         f"predict peak RSS, {large} vs {small} images",

@@ -302,7 +302,8 @@ def run_fraction(fraction: float, work: Path, run: dict, save: Callable[[], None
         step("val labels from the devkit", n_val, VAL_LABELS, source=download.archives)
         step("val labels from LOC_val_solution.csv", n_val, VAL_LABELS, source=download.kaggle)
         output = root / "predictions"
-        args = ["predict", *TINY, *QUIET, "--data.mode", "predict", "--data.predict_path", str(dest / "kaggle" / "val")]
+        trained = next(fit_root.rglob("last.ckpt"))  # predict needs weights: the fit step's checkpoint
+        args = ["predict", "--ckpt_path", str(trained), *QUIET, "--data.predict_path", str(dest / "kaggle" / "val")]
         args += ["--data.batch_size", "64", "--data.num_workers", "2", "--writer.output_dir", str(output)]
         args += ["--writer.write_images", "false"]
         step("predict val (tiny model, CSV only)", n_val, PREDICT, args=args, output=output)
