@@ -20,7 +20,10 @@ def _batches():
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, ((STEPS + WARMUP) * BATCH, 3, SIZE, SIZE), dtype=torch.uint8, generator=generator)
     targets = torch.randint(0, 10, ((STEPS + WARMUP) * BATCH,), generator=generator)
-    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, targets), batch_size=BATCH)
+    from imagenet_cls.data.batches import collate_labeled  # the model's batch type (raw loop: the same batches)
+
+    dataset = torch.utils.data.TensorDataset(images, targets)
+    return torch.utils.data.DataLoader(dataset, batch_size=BATCH, collate_fn=collate_labeled)
 
 
 def _model():
@@ -88,7 +91,7 @@ def raw() -> float:
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     network = model.backbone.train()
     start = 0.0
-    for index, (images, targets) in enumerate(_batches()):
+    for index, (images, targets, _) in enumerate(_batches()):
         if index == WARMUP:
             start = time.perf_counter()
         logits = network(model.normalize(images))

@@ -21,7 +21,11 @@ def _loader(batch: int):
     targets = torch.randint(0, 1000, (batch * 4,))
     dataset = torch.utils.data.TensorDataset(images, targets)
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=batch * (STEPS + WARMUP))
-    return torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, pin_memory=True, drop_last=True)
+    from imagenet_cls.data.batches import collate_labeled  # the model's batch type (raw loop: the same batches)
+
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch, sampler=sampler, pin_memory=True, drop_last=True, collate_fn=collate_labeled
+    )
 
 
 def raw(model_name: str, batch: int, compile: bool) -> float:
@@ -35,7 +39,7 @@ def raw(model_name: str, batch: int, compile: bool) -> float:
     mean = torch.tensor([0.485, 0.456, 0.406], device="cuda").view(1, 3, 1, 1) * 255
     std = torch.tensor([0.229, 0.224, 0.225], device="cuda").view(1, 3, 1, 1) * 255
     start = 0.0
-    for step, (images, targets) in enumerate(_loader(batch)):
+    for step, (images, targets, _) in enumerate(_loader(batch)):
         if step == WARMUP:
             torch.cuda.synchronize()
             start = time.perf_counter()
