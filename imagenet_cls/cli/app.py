@@ -198,18 +198,19 @@ class ImageNetCLI(SubcommandArgumentsCLI):
         from imagenet_cls.model.backbones import check_model_name
 
         model, data = config.model, config.data
+        subcommand = self.subcommand or "fit"  # run=False: the caller builds everything and fits
         check_model_name(model.model_name)
-        if self.subcommand == "predict" and not data.get("predict_path"):
+        if subcommand == "predict" and not data.get("predict_path"):
             raise UserError("predict needs --data.predict_path <file|folder|glob|list>")
-        if self.subcommand != "fit" and not ckpt_path and not model.get("pretrained"):
+        if subcommand != "fit" and not ckpt_path and not model.get("pretrained"):
             raise UserError(
-                f"{self.subcommand} needs trained weights: give --ckpt_path (a checkpoint of fit, or last/best) or "
+                f"{subcommand} needs trained weights: give --ckpt_path (a checkpoint of fit, or last/best) or "
                 "--model.pretrained (a weights file or package); a random network's labels mean nothing"
             )
         known = model.get("classes")
-        if not known and self.subcommand != "fit":  # pretrained weights: their own classes, e.g. ImageNet's
+        if not known and subcommand != "fit":  # pretrained weights: their own classes, e.g. ImageNet's
             known = classes_without_data(model.num_classes, data.get("class_map"))
-        if self.subcommand == "predict":
+        if subcommand == "predict":
             if known:
                 names = list(model.get("class_names") or class_names(known))
                 if data.get("class_map"):
@@ -220,7 +221,7 @@ class ImageNetCLI(SubcommandArgumentsCLI):
         layout = scan_data_dir(data.data_dir, data.split, data.split_seed, data.get("storage_options"))
         if known and list(known) != layout.classes:
             unknown = [folder for folder in layout.classes if folder not in set(known)]
-            if self.subcommand == "fit" or unknown:
+            if subcommand == "fit" or unknown:
                 source = f"checkpoint {ckpt_path}" if ckpt_path else "pretrained model"
                 strangers = f", {_preview(unknown)} unknown to the model," if unknown else ""
                 raise UserError(
@@ -236,7 +237,7 @@ class ImageNetCLI(SubcommandArgumentsCLI):
     # ---- after instantiation: hand the decisions to the data module --------------------------------------------
     def after_instantiate_classes(self) -> None:
         drop_unset_wandb_anonymous(self.trainer)
-        if self.subcommand != "fit" and self.model.head_reinitialised:
+        if (self.subcommand or "fit") != "fit" and self.model.head_reinitialised:
             hparams = self.model.hparams
             raise UserError(
                 f"--model.pretrained {hparams.pretrained} has a classifier for another number of classes than the "
