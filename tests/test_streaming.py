@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -225,10 +226,41 @@ def test_litdata_opening_a_bucket_draws_from_random_and_our_reader_does_not(clas
     moved = random.random()
     random.seed(0)
     dataset = StreamingImageDataset(f"{url}/val", 30, lambda image: image.width, cache_dir=str(tmp_path / "cache2"))
-    assert dataset[0] == (24, 0)
+    numpy_state, torch_state = np.random.get_state()[1].copy(), torch.get_rng_state()
+    assert dataset[0] == (24, 0) and dataset[1] == (24, 0)
     kept = random.random()
     random.seed(0)
     assert kept == random.random() != moved
+    # Only Python's generator is guarded (the others cost 50 us a read): LitData and botocore must not draw from them.
+    assert (np.random.get_state()[1] == numpy_state).all() and torch.equal(torch.get_rng_state(), torch_state)
+
+
+def image_width(image) -> int:
+    return image.width
+
+
+def test_reader_opens_once_per_process_and_reads_each_item_once(class_folders, tmp_path, monkeypatch):
+    """Opening LitData's dataset costs ~1 ms (index, config): once per process, not per item; one read per item."""
+    import pickle
+
+    import litdata
+
+    from imagenet_cls.data.streaming import StreamingImageDataset
+
+    dest = optimize(class_folders, tmp_path / "optimized")
+    opened, reads = [], []
+    original_init, original_getitem = litdata.StreamingDataset.__init__, litdata.StreamingDataset.__getitem__
+    monkeypatch.setattr(litdata.StreamingDataset, "__init__", lambda self, *a, **k: opened.append(1) or
+                        original_init(self, *a, **k))  # fmt: skip
+    monkeypatch.setattr(litdata.StreamingDataset, "__getitem__", lambda self, i: reads.append(i) or
+                        original_getitem(self, i))  # fmt: skip
+    dataset = StreamingImageDataset(str(dest / "train"), 24, image_width)
+    assert [dataset[(i, i)] for i in range(24)] == [(24, label) for _, label in read_layout(class_folders).splits[
+        "train"]]  # fmt: skip
+    assert len(opened) == 1 and len(reads) == 24
+    copy = pickle.loads(pickle.dumps(dataset))  # what a DataLoader worker gets: no reader, opens its own once
+    assert copy._reader is None and [copy[i] for i in range(3)] == [dataset[i] for i in range(3)]
+    assert len(opened) == 2
 
 
 def test_ddp_fit_from_optimized_equals_folders(split_folders, tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import tempfile
 from contextlib import nullcontext
@@ -149,20 +150,28 @@ class StreamingImageDataset(ImageFileDataset):
         self.storage_options, self.cache_dir = dict(storage_options or {}), cache_dir
         self._reader = None
         self._reader_pid = 0
+        self._last: tuple[int, dict[str, Any]] | None = None
 
     def __len__(self) -> int:
         return self.size
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_reader": None}  # each worker opens its own reader
+        return {**self.__dict__, "_reader": None, "_last": None}  # each worker opens its own reader
 
     def _get(self, index: int) -> dict[str, Any]:
-        # LitData draws from the global random generators while it opens and downloads (retry jitter): keep them
-        # as they were, so augmentations (seeded per sample) and the training process never depend on I/O.
-        from imagenet_cls.callbacks.resume import random_state_kept
-
-        with random_state_kept():
-            return self.reader[int(index)]
+        # describe() and read() of one item ask for it in turn: the last item is kept, so it is read once.
+        if self._last is not None and self._last[0] == index:
+            return self._last[1]
+        # LitData's S3 client (credential refresh jitter) and botocore's retries draw from Python's global
+        # ``random`` while they open and download: keep its state as it was, so augmentations (seeded per sample)
+        # and the training process never depend on I/O. LitData and botocore draw from no other global generator.
+        state = random.getstate()
+        try:
+            item = self.reader[int(index)]
+        finally:
+            random.setstate(state)
+        self._last = (index, item)
+        return item
 
     @property
     def reader(self):
@@ -180,6 +189,7 @@ class StreamingImageDataset(ImageFileDataset):
                 self._reader = StreamingDataset(
                     self.url, cache_dir=self.cache_dir, storage_options=self.storage_options
                 )
+            self._reader_pid = os.getpid()
             # len() of LitData's dataset is this rank's share under DDP; its chunks hold the whole split.
             stored = sum(end - start for start, end in self._reader.region_of_interest)
             if stored != self.size:
