@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,7 @@ from imagenet_cls.data.datamodule import scan_data_dir
 from imagenet_cls.data.layout import read_layout
 from imagenet_cls.errors import UserError
 from imagenet_cls.prepare.sources import main as prepare_main
-from tests.conftest import COLOURS, FAST_TRAINER, NAMES, TINY_MODEL, fit_args, write_image
+from tests.conftest import COLOURS, FAST_TRAINER, NAMES, TINY_MODEL, fit_args, untrained_weights, write_image
 
 CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
 
@@ -127,6 +128,60 @@ def test_bad_image_in_an_optimized_dataset_is_named_or_skipped(class_folders, tm
     assert f"optimized/val/{bad.relative_to(class_folders)}" in capsys.readouterr().err
 
 
+def predict(spec: str | Path, weights: list[str], out: Path, *extra: str) -> int:
+    return main(["predict", *TINY_MODEL, *weights, "--data.predict_path", str(spec), "--data.num_workers", "0",
+                 "--data.batch_size", "4", "--writer.output_dir", str(out), *FAST_TRAINER, *extra])  # fmt: skip
+
+
+def predictions(out: Path) -> list[tuple[str, str, str, str]]:
+    import pandas as pd
+
+    rows = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    return list(zip(rows["path"], rows["output"], rows["pred_folder"], rows["prob"]))
+
+
+def test_predict_on_an_optimized_split_equals_the_folder(class_folders, tmp_path, capsys):
+    """The same predictions and annotated copies (mirroring the source's tree) as from the split's files."""
+    dest = optimize(class_folders, tmp_path / "optimized")
+    weights = untrained_weights(tmp_path)
+    files = tmp_path / "val_files"  # the val split's files, as predict on folders reads them
+    for path, _ in read_layout(class_folders).splits["val"]:
+        target = files / os.path.relpath(path, class_folders)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, target)
+    assert predict(dest / "val", weights, tmp_path / "streamed") == 0
+    assert predict(files, weights, tmp_path / "files") == 0
+    streamed, expected = predictions(tmp_path / "streamed"), predictions(tmp_path / "files")
+    assert len(streamed) == 3
+    assert [(path, out) for path, out, *_ in streamed] == [
+        (f"{dest / 'val'}/{os.path.relpath(path, files)}", f"images/{os.path.relpath(path, files)}")
+        for path, *_ in expected
+    ]
+    assert [row[2:] for row in streamed] == [row[2:] for row in expected]
+    for _, out, *_ in streamed:
+        written, reference = (cv2.imread(str(tmp_path / run / out)) for run in ("streamed", "files"))
+        assert written is not None and np.array_equal(written, reference)
+    capsys.readouterr()
+    assert predict(dest, weights, tmp_path / "whole") == 2
+    assert f"{dest} is a whole optimized dataset: give one split ({dest}/train, " in capsys.readouterr().err
+    (dest / "valid").mkdir()
+    (dest / "valid" / "index.json").write_text("{}")
+    assert predict(dest / "valid", weights, tmp_path / "missing") == 2
+    assert f"the optimized dataset {dest} has no split 'valid'" in capsys.readouterr().err
+
+
+def test_split_options_on_a_dataset_with_fixed_splits_are_a_warning(class_folders, split_folders, tmp_path, caplog):
+    dest = optimize(class_folders, tmp_path / "optimized")
+    for data in (dest, split_folders):
+        caplog.clear()
+        scan_data_dir(data, (0.5, 0.25, 0.25), 0)
+        assert f"--data.split/--data.split_seed do not apply to {data}" in caplog.text
+    caplog.clear()
+    scan_data_dir(dest, (0.8, 0.1, 0.1), 0)
+    scan_data_dir(class_folders, (0.5, 0.25, 0.25), 3)
+    assert "do not apply" not in caplog.text
+
+
 # ---- S3 on the loopback -----------------------------------------------------------------------------------------
 @pytest.fixture
 def s3(monkeypatch, tmp_path):
@@ -204,6 +259,13 @@ def test_fit_from_s3_killed_and_resumed_equals_local_then_validate_equal(class_f
     from_bucket, from_disk = validate(url, ckpt, *cache, *options), validate(local, ckpt)
     assert from_bucket["val_images"] == 3 and from_bucket["val_acc"] == from_disk["val_acc"]
     assert from_bucket["val_loss"] == pytest.approx(from_disk["val_loss"], abs=1e-6)
+    # predict on the bucket's val split: the local split's predictions, named by URL
+    for spec, out in ((f"{url}/val", "p_bucket"), (local / "val", "p_disk")):
+        args = ["predict", "--ckpt_path", str(ckpt), "--data.predict_path", str(spec), *cache, *options]
+        assert main([*args, "--data.num_workers", "0", "--writer.output_dir", str(tmp_path / out), *FAST_TRAINER]) == 0
+    bucket, disk = predictions(tmp_path / "p_bucket"), predictions(tmp_path / "p_disk")
+    assert [row[0] for row in bucket] == [row[0].replace(str(local), url) for row in disk] and len(bucket) == 3
+    assert [row[1:] for row in bucket] == [row[1:] for row in disk]
 
 
 def test_unreadable_bucket_is_one_line(s3, tmp_path, capsys):
@@ -259,7 +321,7 @@ def test_reader_opens_once_per_process_and_reads_each_item_once(class_folders, t
         "train"]]  # fmt: skip
     assert len(opened) == 1 and len(reads) == 24
     copy = pickle.loads(pickle.dumps(dataset))  # what a DataLoader worker gets: no reader, opens its own once
-    assert copy._reader is None and [copy[i] for i in range(3)] == [dataset[i] for i in range(3)]
+    assert copy.items._reader is None and [copy[i] for i in range(3)] == [dataset[i] for i in range(3)]
     assert len(opened) == 2
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+DEFAULT_SPLIT = (0.8, 0.1, 0.1)  # --data.split's default: train, val, test fractions of one folder of class folders
 DISPLAY_SIZE = (800, 600)  # predict's annotated copies fit within this (width, height)
 
 
@@ -40,9 +41,19 @@ def scan_data_dir(
 
     if data_dir is None:
         raise UserError("--data.data_dir is not set: point it at a folder of class folders (or train/ val/)")
-    if is_optimized(data_dir):
-        return read_optimized_layout(data_dir, storage_options)
-    return read_layout(Path(data_dir), tuple(split), split_seed)
+    layout = (
+        read_optimized_layout(data_dir, storage_options)
+        if is_optimized(data_dir)
+        else read_layout(Path(data_dir), tuple(split), split_seed)
+    )
+    if layout.kind != "class folders" and (tuple(split) != DEFAULT_SPLIT or split_seed != 0):
+        log.warning(
+            "--data.split/--data.split_seed do not apply to %s (%s): its splits are fixed (%s)",
+            data_dir,
+            layout.kind,
+            ", ".join(f"{name} {len(samples)}" for name, samples in layout.splits.items()),
+        )
+    return layout
 
 
 class ImageNetDataModule(LightningDataModule):
@@ -54,11 +65,13 @@ class ImageNetDataModule(LightningDataModule):
             optimized dataset (``python -m imagenet_cls.prepare SOURCE DEST --format litdata``): its folder or
             its object-store prefix (``s3://bucket/prefix``).
         mode: ``train`` reads ``data_dir``; ``predict`` reads ``predict_path`` (the ``predict`` subcommand sets it).
-        predict_path: Images to classify: a file, a folder (recursive), a glob pattern or a ``.txt`` list.
+        predict_path: Images to classify: a file, a folder (recursive), a glob pattern, a ``.txt`` list, or one
+            split of an optimized dataset (``DATASET/val``, ``s3://bucket/prefix/val``).
         class_map: Class names file (columns folder, number, classes). Default: ``data_dir``'s
             ``folder_num_class_map.txt`` if it exists, else ImageNet's names for WordNet-id folders, else the
             folder names.
-        split: Train, val and test fractions for a folder of class folders (stratified, deterministic).
+        split: Train, val and test fractions for a folder of class folders (stratified, deterministic). Split
+            folders and optimized datasets have their splits already (a warning says so when this is changed).
         split_seed: Seed of that split.
         batch_size: Images per batch (per device).
         num_workers: DataLoader worker processes; default: the CPU count, at most 8.
@@ -76,8 +89,9 @@ class ImageNetDataModule(LightningDataModule):
             for ImageNet-A/R (the other classes' logits are masked). Off: the model chooses among all its classes.
         skip_bad_images: Skip files that cannot be decoded (each logged; ``val_images``/``test_images`` count the
             images metrics were computed over) instead of stopping with an error naming the file.
-        storage_options: Object-store options for an ``s3://`` data_dir (e.g. ``{endpoint_url: ...}``, keys);
-            default: the usual AWS variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` ...).
+        storage_options: Object-store options for an ``s3://`` data_dir or predict_path (e.g.
+            ``{endpoint_url: ...}``, keys); default: the usual AWS variables (``AWS_ENDPOINT_URL``,
+            ``AWS_ACCESS_KEY_ID`` ...).
         cache_dir: Where LitData keeps the index of a remote optimized dataset (images are fetched by byte range,
             not stored); default: LitData's (``~/.lightning/chunks``).
     """
@@ -88,7 +102,7 @@ class ImageNetDataModule(LightningDataModule):
         mode: Literal["train", "predict"] = "train",
         predict_path: str | None = None,
         class_map: Path | None = None,
-        split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        split: tuple[float, float, float] = DEFAULT_SPLIT,
         split_seed: int = 0,
         batch_size: int = 32,
         num_workers: int | None = None,
@@ -173,6 +187,7 @@ class ImageNetDataModule(LightningDataModule):
     def setup(self, stage: str) -> None:
         """Build the datasets of ``stage`` with the preprocessing handed over by ``set_preprocessing``."""
         from imagenet_cls.data.datasets import PredictDataset, resolve_predict_paths
+        from imagenet_cls.data.streaming import StreamingPredictDataset, optimized_split
         from imagenet_cls.data.transforms import create_eval_transform, create_train_transform
 
         if self.data_config is None:
@@ -181,11 +196,16 @@ class ImageNetDataModule(LightningDataModule):
         if stage == "predict":
             if not self.predict_path:
                 raise UserError("predict needs --data.predict_path <file|folder|glob|list>")
-            paths, self.predict_root = resolve_predict_paths(self.predict_path)
-            self.datasets["predict"] = PredictDataset(
-                paths, self.predict_root, eval_transform, DISPLAY_SIZE, self.sample_timeout
-            )
-            log.info("predict: %d images under %s", len(paths), self.predict_root)
+            cache_dir = str(self.cache_dir) if self.cache_dir is not None else None
+            split = optimized_split(self.predict_path, self.storage_options, cache_dir)
+            if split is not None:
+                dataset = StreamingPredictDataset(split, eval_transform, DISPLAY_SIZE, self.sample_timeout)
+                self.predict_root = None
+            else:
+                paths, self.predict_root = resolve_predict_paths(self.predict_path)
+                dataset = PredictDataset(paths, self.predict_root, eval_transform, DISPLAY_SIZE, self.sample_timeout)
+            self.datasets["predict"] = dataset
+            log.info("predict: %d images under %s", len(dataset), split.url if split else self.predict_root)
             return
         if self.mode != "train":
             raise UserError(f"{stage} needs --data.data_dir (and --data.mode train, not predict)")

@@ -133,19 +133,30 @@ class PredictDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        path = self.paths[index]
-        item = {"index": index, "path": path, "relative": str(output_path(path, self.root))}
+        path = self.describe(index)
+        item = {"index": index, "path": path, "relative": self.relative(index)}
         try:
             with time_limit(self.timeout, path):
-                model_input, display = self._decode(path)
+                model_input, display = self._decode(self.open(index))
         except UserError as error:
             blank = torch.zeros((3, *self.transform.size), dtype=torch.uint8)
             return {**item, "image": blank, "display": None, "error": str(error)}
         return {**item, "image": model_input, "display": display, "error": ""}
 
-    def _decode(self, path: str) -> tuple[torch.Tensor, np.ndarray]:
+    def describe(self, index: int) -> str:
+        """Item ``index``'s file, as the CSV and messages name it."""
+        return self.paths[index]
+
+    def relative(self, index: int) -> str:
+        """Item ``index``'s annotated copy under the run's image folder."""
+        return str(output_path(self.paths[index], self.root))
+
+    def open(self, index: int) -> ImageFile:
+        """Item ``index``'s image, read but not decoded."""
+        return ImageFile(self.paths[index])
+
+    def _decode(self, image: ImageFile) -> tuple[torch.Tensor, np.ndarray]:
         """The model input and the display copy from one decode, as small as both allow."""
-        image = ImageFile(path)
         display_scale = min(self.display_size[0] / image.width, self.display_size[1] / image.height)
         limit = min(self.transform.decode_limit(image.height, image.width), 1 / display_scale)
         pixels = image.decode(image.reduction(limit))
@@ -217,11 +228,16 @@ def _common_root(files: list[str], folder: Path | None) -> Path:
 def output_path(path: str, root: Path) -> Path:
     """The annotated copy's path under the run's image folder: mirrors the tree under ``root``, never escapes."""
     try:
-        relative = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root)))
+        relative = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
     except ValueError:  # another drive on Windows
-        relative = Path(os.path.basename(path))
-    parts = [part for part in relative.parts if part not in ("..", ".", "") and not os.path.isabs(part)]
-    relative = Path(*parts) if parts else Path(os.path.basename(path))
+        relative = os.path.basename(path)
+    return safe_output_path(relative, os.path.basename(path))
+
+
+def safe_output_path(relative: str, fallback: str) -> Path:
+    """``relative`` without ``..``, ``.`` or absolute parts (``fallback`` when none is left), writable by OpenCV."""
+    parts = [part for part in Path(relative).parts if part not in ("..", ".", "") and not os.path.isabs(part)]
+    relative = Path(*parts) if parts else Path(fallback)
     if relative.suffix.lower() not in WRITABLE_EXTENSIONS:  # OpenCV writes these; others (gif) become .png
         relative = relative.with_name(relative.name + ".png")
     return relative

@@ -23,12 +23,15 @@ import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from imagenet_cls.data.datasets import ImageFileDataset, Transform
+from imagenet_cls.data.datasets import ImageFileDataset, PredictDataset, Transform, safe_output_path
 from imagenet_cls.data.images import ImageFile
 from imagenet_cls.data.layout import DatasetLayout
 from imagenet_cls.errors import MissingPathError, UserError
+
+if TYPE_CHECKING:
+    from imagenet_cls.data.transforms import EvalTransform
 
 DATASET_FILE = "dataset.json"  # written by imagenet_cls.prepare.litdata_writer
 CLASS_MAP_FILE = "folder_num_class_map.txt"
@@ -65,23 +68,27 @@ class OptimizedLayout(DatasetLayout):
         return f"{self.root}/{split}"
 
 
-def read_optimized_layout(data_dir: str | Path, storage_options: dict[str, Any] | None = None) -> OptimizedLayout:
+def read_optimized_layout(
+    data_dir: str | Path, storage_options: dict[str, Any] | None = None, option: str = "--data.data_dir"
+) -> OptimizedLayout:
     """Read an optimized dataset's ``dataset.json`` (and class map), locally or from its bucket.
+
+    ``option`` is the command-line option that named the dataset, for messages.
 
     Raises:
         UserError: the dataset cannot be read or was not written by ``imagenet_cls.prepare --format litdata``.
     """
     url = remote_url(data_dir)
     root = url or str(Path(data_dir))
-    folder = Path(data_dir) if url is None else _download_manifest(url, storage_options or {})
+    folder = Path(data_dir) if url is None else _download_manifest(url, storage_options or {}, option)
     if not (folder / DATASET_FILE).is_file():
         raise MissingPathError(
-            f"--data.data_dir {root} has no {DATASET_FILE}: write it with "
+            f"{option} {root} has no {DATASET_FILE}: write it with "
             "python -m imagenet_cls.prepare SOURCE DEST --format litdata"
         )
     manifest = json.loads((folder / DATASET_FILE).read_text(encoding="utf-8"))
     if not str(manifest.get("format", "")).startswith("imagenet_cls-litdata"):
-        raise UserError(f"--data.data_dir {root}/{DATASET_FILE} is not an imagenet_cls optimized dataset")
+        raise UserError(f"{option} {root}/{DATASET_FILE} is not an imagenet_cls optimized dataset")
     class_map = folder / CLASS_MAP_FILE
     return OptimizedLayout(
         classes=list(manifest["classes"]),
@@ -93,7 +100,7 @@ def read_optimized_layout(data_dir: str | Path, storage_options: dict[str, Any] 
     )
 
 
-def _download_manifest(url: str, storage_options: dict[str, Any]) -> Path:
+def _download_manifest(url: str, storage_options: dict[str, Any], option: str) -> Path:
     """A local copy of the dataset's ``dataset.json`` and class map (a temporary folder per URL)."""
     _quiet_litdata()
     from litdata.streaming.fs_provider import _get_fs_provider
@@ -107,7 +114,7 @@ def _download_manifest(url: str, storage_options: dict[str, Any]) -> Path:
         except Exception as error:  # botocore/gcs errors differ; each one means the same to the user
             if name == DATASET_FILE:
                 raise UserError(
-                    f"--data.data_dir {url}/{name} cannot be read ({type(error).__name__}: {error}); check the URL, "
+                    f"{option} {url}/{name} cannot be read ({type(error).__name__}: {error}); check the URL, "
                     "credentials and endpoint (AWS_* variables or --data.storage_options)"
                 ) from None
     return folder
@@ -117,36 +124,23 @@ def _quiet_litdata() -> None:
     os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")  # no PyPI request at each dataset
 
 
-class StreamingImageDataset(ImageFileDataset):
-    """Labelled images of one split of an optimized dataset: item ``i`` is ``(image tensor, class index)``.
+class OptimizedSplit:
+    """The items of one split of an optimized dataset, by index: dicts with ``image`` bytes, ``label``, ``name``.
 
-    The LitData reader is made in each process on first use (DataLoader workers open their own), so the object
-    pickles small. Decoding, transforms, ``skip_bad`` and ``timeout`` are :class:`ImageFileDataset`'s.
+    LitData's ``StreamingDataset`` is opened on first use in each process (DataLoader workers open their own; the
+    object pickles small) and kept: opening reads the index and costs about a millisecond.
 
     Args:
         url: The split's folder or URL (``.../train``).
-        size: Its number of images.
-        transform: Image transform (from :class:`ImageFile`).
-        skip_bad: Return a :class:`BadSample` for undecodable images instead of raising.
-        timeout: Seconds one image may take.
-        label_map: Dataset class index -> model class index (None: the same).
+        size: Its number of images (from ``dataset.json``; checked against the index).
         storage_options: Object-store options (endpoint, credentials) for LitData.
         cache_dir: Where LitData keeps a remote dataset's index (None: its default, ``~/.lightning/chunks``).
     """
 
     def __init__(
-        self,
-        url: str,
-        size: int,
-        transform: Transform,
-        skip_bad: bool = False,
-        timeout: float | None = None,
-        label_map: list[int] | None = None,
-        storage_options: dict[str, Any] | None = None,
-        cache_dir: str | None = None,
+        self, url: str, size: int, storage_options: dict[str, Any] | None = None, cache_dir: str | None = None
     ) -> None:
-        super().__init__([], transform, skip_bad, timeout)
-        self.url, self.size, self.label_map = url, size, label_map
+        self.url, self.size = url, size
         self.storage_options, self.cache_dir = dict(storage_options or {}), cache_dir
         self._reader = None
         self._reader_pid = 0
@@ -158,8 +152,8 @@ class StreamingImageDataset(ImageFileDataset):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_reader": None, "_last": None}  # each worker opens its own reader
 
-    def _get(self, index: int) -> dict[str, Any]:
-        # describe() and read() of one item ask for it in turn: the last item is kept, so it is read once.
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        # Naming an item and reading it ask for it in turn: the last item is kept, so it is read once.
         if self._last is not None and self._last[0] == index:
             return self._last[1]
         # LitData's S3 client (credential refresh jitter) and botocore's retries draw from Python's global
@@ -172,6 +166,10 @@ class StreamingImageDataset(ImageFileDataset):
             random.setstate(state)
         self._last = (index, item)
         return item
+
+    def name(self, index: int) -> str:
+        """Item ``index``'s path relative to the folder it was optimized from."""
+        return str(self[index]["name"])
 
     @property
     def reader(self):
@@ -199,12 +197,120 @@ class StreamingImageDataset(ImageFileDataset):
                 )
         return self._reader
 
+
+class StreamingImageDataset(ImageFileDataset):
+    """Labelled images of one split of an optimized dataset: item ``i`` is ``(image tensor, class index)``.
+
+    Decoding, transforms, ``skip_bad`` and ``timeout`` are :class:`ImageFileDataset`'s.
+
+    Args:
+        url: The split's folder or URL (``.../train``).
+        size: Its number of images.
+        transform: Image transform (from :class:`ImageFile`).
+        skip_bad: Return a :class:`BadSample` for undecodable images instead of raising.
+        timeout: Seconds one image may take.
+        label_map: Dataset class index -> model class index (None: the same).
+        storage_options: Object-store options (endpoint, credentials) for LitData.
+        cache_dir: Where LitData keeps a remote dataset's index (None: its default, ``~/.lightning/chunks``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        size: int,
+        transform: Transform,
+        skip_bad: bool = False,
+        timeout: float | None = None,
+        label_map: list[int] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__([], transform, skip_bad, timeout)
+        self.items = OptimizedSplit(url, size, storage_options, cache_dir)
+        self.url, self.label_map = url, label_map
+
+    def __len__(self) -> int:
+        return len(self.items)
+
     def describe(self, index: int) -> str:
         """``<split url>/<the file's path in the source folder>``: what skipped files and reports name."""
-        return f"{self.url}/{self._get(index)['name']}"
+        return f"{self.url}/{self.items.name(index)}"
 
     def read(self, index: int) -> tuple[ImageFile, int]:
-        item = self._get(index)
+        item = self.items[index]
         label = int(item["label"])
         label = self.label_map[label] if self.label_map is not None else label
-        return ImageFile(f"{self.url}/{item['name']}", data=item["image"]), label
+        return ImageFile(self.describe(index), data=item["image"]), label
+
+
+class StreamingPredictDataset(PredictDataset):
+    """Predict over one split of an optimized dataset (``--data.predict_path DATASET/val`` or ``s3://.../val``).
+
+    Items are :class:`PredictDataset`'s; the CSV's ``path`` is ``<split url>/<name>``, the annotated copy mirrors
+    ``<name>`` (the file's path in the folder the dataset was optimized from).
+    """
+
+    def __init__(
+        self,
+        items: OptimizedSplit,
+        transform: EvalTransform,
+        display_size: tuple[int, int],
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__([], Path(items.url), transform, display_size, timeout)
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def describe(self, index: int) -> str:
+        return f"{self.items.url}/{self.items.name(index)}"
+
+    def relative(self, index: int) -> str:
+        name = self.items.name(index)
+        return str(safe_output_path(name, os.path.basename(name)))
+
+    def open(self, index: int) -> ImageFile:
+        return ImageFile(self.describe(index), data=self.items[index]["image"])
+
+
+def optimized_split(
+    spec: str | Path, storage_options: dict[str, Any] | None = None, cache_dir: str | None = None
+) -> OptimizedSplit | None:
+    """``--data.predict_path`` as one split of an optimized dataset (``DATASET/val``, ``s3://.../val``), else None.
+
+    Raises:
+        UserError: ``spec`` is a whole optimized dataset (give one of its splits), names a split the dataset lacks,
+            or its dataset cannot be read.
+    """
+    option = "--data.predict_path"
+    url = remote_url(spec)
+    if url is None:
+        folder = Path(spec)
+        if (folder / DATASET_FILE).is_file():
+            raise _whole_dataset(read_optimized_layout(folder, storage_options, option))
+        if not (folder / "index.json").is_file():
+            return None  # image files
+        root, split = str(folder.parent), folder.name
+    else:
+        root, _, split = url.rpartition("/")
+        if root.endswith(":/"):  # s3://bucket: a whole dataset or nothing
+            raise _whole_dataset(read_optimized_layout(url, storage_options, option))
+    try:
+        layout = read_optimized_layout(root, storage_options, option)
+    except UserError as error:
+        if url is None:
+            raise
+        try:  # not a split: perhaps the URL is the whole dataset
+            whole = read_optimized_layout(url, storage_options, option)
+        except UserError:
+            raise error from None
+        raise _whole_dataset(whole) from None
+    if split not in layout.splits:
+        raise MissingPathError(f"{option} {spec}: the optimized dataset {root} has no split {split!r}")
+    return OptimizedSplit(layout.split_url(split), len(layout.samples(split)), storage_options, cache_dir)
+
+
+def _whole_dataset(layout: OptimizedLayout) -> UserError:
+    splits = ", ".join(f"{layout.root}/{name}" for name in layout.splits)
+    return UserError(f"--data.predict_path {layout.root} is a whole optimized dataset: give one split ({splits})")
