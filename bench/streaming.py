@@ -9,8 +9,13 @@ The 1000 sample images are prepared as ``val/<wnid>/`` folders, then optimized t
 
 from __future__ import annotations
 
+import os
+import random
+import socket
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.common import WORK, Result, sample_as_val_folders, sample_dir
@@ -18,6 +23,7 @@ from bench.common import WORK, Result, sample_as_val_folders, sample_dir
 SIZE = 224
 MAX_SIDE = 320
 BATCH = 32
+LATENCY_MS = 20  # added to each request of the loopback S3 server (a bucket's first-byte latency is ~10-50 ms)
 
 
 def _datasets(folders: Path, optimized: dict[str, Path]) -> dict:
@@ -65,6 +71,66 @@ def _first_batch_seconds(folders: Path, optimized: dict[str, Path]) -> dict[str,
     return seconds
 
 
+@contextmanager
+def _bucket(root: Path, latency_ms: float):
+    """``root`` uploaded to moto's S3 server on 127.0.0.1 (own process, ``latency_ms`` per request); yields its URL."""
+    import boto3
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "bench.s3_server", str(port), str(latency_ms)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    names = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true"}  # fmt: skip
+    before = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
+    try:
+        client = boto3.client("s3")
+        for _ in range(100):  # the server's start
+            try:
+                client.create_bucket(Bucket="bench")
+                break
+            except Exception:
+                time.sleep(0.1)
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                client.upload_file(str(path), "bench", f"data/{path.relative_to(root).as_posix()}")
+        yield "s3://bench/data"
+    finally:
+        server.kill()
+        server.wait()
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _bucket_rates(root: Path, size: int) -> dict[str, float]:
+    """Train pipeline from a bucket, one process: items in turn (one request after another) vs a batch read ahead."""
+    from imagenet_cls.data.streaming import StreamingImageDataset
+    from imagenet_cls.data.transforms import create_train_transform
+
+    transform = create_train_transform({"input_size": (3, SIZE, SIZE), "interpolation": "bilinear"})
+    with _bucket(root, LATENCY_MS) as url:
+        dataset = StreamingImageDataset(f"{url}/val", size, transform, cache_dir=str(WORK / "streaming" / "s3_cache"))
+        dataset[(0, 0)]  # opened: index downloaded, client made
+        order = list(range(1, size))
+        random.Random(0).shuffle(order)  # as the training sampler reads: anywhere in the chunks
+        seconds, counts = {"in turn": 0.0, "read ahead": 0.0}, {"in turn": 0, "read ahead": 0}
+        for start in range(0, 4 * 2 * 2 * BATCH, 2 * 2 * BATCH):  # 4 rounds, each side 2 batches per round
+            for offset, name in ((0, "in turn"), (2 * BATCH, "read ahead")):
+                batches = [order[start + offset + i * BATCH : start + offset + (i + 1) * BATCH] for i in range(2)]
+                began = time.perf_counter()
+                for batch in batches:
+                    pairs = [(index, index) for index in batch]
+                    _ = [dataset[pair] for pair in pairs] if name == "in turn" else dataset.__getitems__(pairs)
+                seconds[name] += time.perf_counter() - began
+                counts[name] += sum(len(batch) for batch in batches)
+    return {name: counts[name] / spent for name, spent in seconds.items()}
+
+
 def _bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.suffix.lower() != ".csv")
 
@@ -95,6 +161,7 @@ def run() -> list[Result]:
     rates = _rates(_datasets(folders, optimized))
     sizes = {"folders": _bytes(folders / "val"), **{name: _bytes(root) for name, root in optimized.items()}}
     count = len(list((folders / "val").rglob("*.JPEG")))
+    bucket = _bucket_rates(optimized[f"max-side {MAX_SIDE}"], count)
     note = f"{count} sample images, 1 thread, train transform {SIZE}px"
     big = f"max-side {MAX_SIDE}"
     return [
@@ -110,4 +177,7 @@ def run() -> list[Result]:
                higher_is_better=False, note=f"optimize took {optimize_s:.0f} s (2 workers; 0 if kept from before)"),
         Result(f"bytes on disk: --max-side {MAX_SIDE} vs folders", sizes[big] / 1e6, sizes["folders"] / 1e6, "MB",
                higher_is_better=False, note=f"re-encode took {reencode_s:.0f} s (2 workers; 0 if kept)"),
+        Result(f"train pipeline from S3 (--max-side {MAX_SIDE}): batch read ahead vs items in turn",
+               bucket["read ahead"], bucket["in turn"], "img/s",
+               note=f"moto on 127.0.0.1 (own process) + {LATENCY_MS} ms per request; 1 thread decodes; batch {BATCH}"),
     ]  # fmt: skip

@@ -140,6 +140,47 @@ def predictions(out: Path) -> list[tuple[str, str, str, str]]:
     return list(zip(rows["path"], rows["output"], rows["pred_folder"], rows["prob"]))
 
 
+def test_a_batch_from_a_bucket_is_read_concurrently_and_equals_reading_in_turn(class_folders, tmp_path, monkeypatch):
+    """Each item from a bucket is an HTTP request: a batch's requests overlap; the items and RNG are unchanged."""
+    import random
+    import threading
+    import time
+
+    import litdata
+
+    from imagenet_cls.data.streaming import StreamingImageDataset
+
+    dest = optimize(class_folders, tmp_path / "optimized")
+    in_turn = StreamingImageDataset(str(dest / "train"), 24, image_width)
+    batch = [(i, 100 + i) for i in (5, 3, 17, 3, 0, 11, 8, 20)]  # (index, seed) as the sampler gives; a repeat
+    expected = [in_turn[index] for index in batch]
+    in_flight, most, reads, failed = [0], [0], [], []
+    lock, original = threading.Lock(), litdata.StreamingDataset.__getitem__
+
+    def slow_request(self, index):  # a request that waits on the network, and fails once for item 17
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+            reads.append(index)
+        time.sleep(0.05)
+        with lock:
+            in_flight[0] -= 1
+        if index == 17 and not failed:
+            failed.append(index)
+            raise ConnectionError("reset by peer")
+        return original(self, index)
+
+    monkeypatch.setattr(litdata.StreamingDataset, "__getitem__", slow_request)
+    from_bucket = StreamingImageDataset(str(dest / "train"), 24, image_width, timeout=30)
+    from_bucket.items.remote = True  # the local chunks stand in for a bucket: only the waiting matters here
+    random.seed(7)
+    got = from_bucket.__getitems__(batch)
+    assert random.random() == random.Random(7).random()  # reads never move the augmentations' generator
+    assert got == expected
+    assert most[0] > 1, "the batch's requests did not overlap"
+    assert sorted(reads) == sorted([0, 3, 5, 8, 11, 17, 17, 20])  # each once; item 17 again after its failure
+
+
 def test_predict_on_an_optimized_split_equals_the_folder(class_folders, tmp_path, capsys):
     """The same predictions and annotated copies (mirroring the source's tree) as from the split's files."""
     dest = optimize(class_folders, tmp_path / "optimized")

@@ -20,7 +20,9 @@ import os
 import random
 import re
 import tempfile
-from contextlib import nullcontext
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 DATASET_FILE = "dataset.json"  # written by imagenet_cls.prepare.litdata_writer
 CLASS_MAP_FILE = "folder_num_class_map.txt"
+READ_AHEAD_THREADS = 16  # HTTP requests in flight per DataLoader worker when a batch is read from a bucket
 _REMOTE = re.compile(r"^(s3|gs|gcs|azure|az)://?(.+)$")  # a Path argument collapses "s3://" into "s3:/"
 
 
@@ -120,6 +123,18 @@ def _download_manifest(url: str, storage_options: dict[str, Any], option: str) -
     return folder
 
 
+@contextmanager
+def _python_random_kept() -> Iterator[None]:
+    # LitData's S3 client (credential refresh jitter) and botocore's retries draw from Python's global ``random``
+    # while they open and download: keep its state as it was, so augmentations (seeded per sample) and the
+    # training process never depend on I/O. LitData and botocore draw from no other global generator (a test says).
+    state = random.getstate()
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def _quiet_litdata() -> None:
     os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")  # no PyPI request at each dataset
 
@@ -142,30 +157,49 @@ class OptimizedSplit:
     ) -> None:
         self.url, self.size = url, size
         self.storage_options, self.cache_dir = dict(storage_options or {}), cache_dir
+        self.remote = remote_url(url) is not None
         self._reader = None
         self._reader_pid = 0
-        self._last: tuple[int, dict[str, Any]] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
+        self._batch: dict[int, dict[str, Any]] = {}  # the items of the batch read ahead
+        self._last: tuple[int, dict[str, Any]] | None = None  # the last item read on its own
 
     def __len__(self) -> int:
         return self.size
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_reader": None, "_last": None}  # each worker opens its own reader
+        return {**self.__dict__, "_reader": None, "_pool": None, "_batch": {}, "_last": None}  # opened per worker
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        # Naming an item and reading it ask for it in turn: the last item is kept, so it is read once.
+        # Naming an item and reading it ask for it in turn: the item is kept, so it is read once.
+        if index in self._batch:
+            return self._batch[index]
         if self._last is not None and self._last[0] == index:
             return self._last[1]
-        # LitData's S3 client (credential refresh jitter) and botocore's retries draw from Python's global
-        # ``random`` while they open and download: keep its state as it was, so augmentations (seeded per sample)
-        # and the training process never depend on I/O. LitData and botocore draw from no other global generator.
-        state = random.getstate()
-        try:
+        with _python_random_kept():
             item = self.reader[int(index)]
-        finally:
-            random.setstate(state)
         self._last = (index, item)
         return item
+
+    def read_ahead(self, indexes: list[int], timeout: float | None = None) -> None:
+        """Fetch ``indexes`` (one batch) at once: from a bucket each item is an HTTP request, so they overlap.
+
+        Local chunks are read in turn when asked (memory-mapped; nothing to overlap). An item that fails or takes
+        longer than ``timeout`` is left out here: reading it on its own then reports it as usual.
+        """
+        if not self.remote or len(indexes) < 2:
+            return
+        reader = self.reader  # opened here, not by many threads at once
+        if self._pool is None or self._pool_pid != os.getpid():  # a forked worker has no threads of its parent's
+            self._pool = ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix="imagenet_cls-read")
+            self._pool_pid = os.getpid()
+        with _python_random_kept():
+            futures = {index: self._pool.submit(reader.__getitem__, int(index)) for index in dict.fromkeys(indexes)}
+            wait(futures.values(), timeout=timeout)
+        self._batch = {
+            index: future.result() for index, future in futures.items() if future.done() and not future.exception()
+        }
 
     def name(self, index: int) -> str:
         """Item ``index``'s path relative to the folder it was optimized from."""
@@ -232,6 +266,12 @@ class StreamingImageDataset(ImageFileDataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def __getitems__(self, indexes: list) -> list:
+        """One batch (what a DataLoader asks for): read ahead together, then decoded in order, item by item."""
+        positions = [index[0] if isinstance(index, tuple) else index for index in indexes]
+        self.items.read_ahead(positions, self.timeout)
+        return [self[index] for index in indexes]
+
     def describe(self, index: int) -> str:
         """``<split url>/<the file's path in the source folder>``: what skipped files and reports name."""
         return f"{self.url}/{self.items.name(index)}"
@@ -262,6 +302,11 @@ class StreamingPredictDataset(PredictDataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def __getitems__(self, indexes: list[int]) -> list[dict[str, Any]]:
+        """One batch: read ahead together, then decoded in order."""
+        self.items.read_ahead(list(indexes), self.timeout)
+        return [self[index] for index in indexes]
 
     def describe(self, index: int) -> str:
         return f"{self.items.url}/{self.items.name(index)}"
