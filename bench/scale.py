@@ -41,6 +41,8 @@ CLASSES = 1000
 LINEAR_TARGET = 1.5  # cost per file at the largest fraction / at the smallest
 SCAN_TARGET_S, SCAN_TARGET_MB = 60.0, 1024.0
 TOTAL_TARGET_S = 25 * 60
+OPTIMIZED_READS = 5000  # random items read from the optimized train split at every fraction: the cost should not grow
+ITEMS_PER_CHUNK = 580  # ImageNet's ~140 GB in LitData's 64 MB chunks: ~2,200 chunks of ~580 images
 MIN_TIMED_S = 0.05  # a step shorter than this at a small fraction is not a baseline for its cost per file
 
 
@@ -200,6 +202,28 @@ images = {split: len(samples) for split, samples in layout.splits.items()}
 report(seconds=time.perf_counter() - start, images=images, classes=len(classes), imported_rss_mb=imported_mb)
 """
 
+OPTIMIZE = """
+from imagenet_cls.prepare.litdata_writer import write_litdata
+start = begin()
+done = write_litdata(Path(P["source"]), Path(P["dest"]), num_workers=2, progress=False, chunk_size=P["chunk_size"])
+report(seconds=time.perf_counter() - start, splits=done["splits"])
+"""
+
+OPTIMIZED_READ = """
+import json, random
+from imagenet_cls.data.datamodule import ImageNetDataModule
+from imagenet_cls.data.streaming import OptimizedSplit
+start = begin()
+layout = ImageNetDataModule(data_dir=Path(P["dest"]), num_workers=0).layout
+items = OptimizedSplit(layout.split_url("train"), len(layout.samples("train")))
+items[0]
+opened = time.perf_counter() - start
+for index in random.Random(0).sample(range(len(items)), P["reads"]):
+    items[index]
+chunks = len(json.loads((Path(P["dest"]) / "train" / "index.json").read_text())["chunks"])
+report(seconds=time.perf_counter() - start, open_s=opened, chunks=chunks, images=len(items))
+"""
+
 FIRST_BATCH = """
 import glob, io, os, torch
 from lightning.pytorch import Callback
@@ -291,6 +315,11 @@ def run_fraction(fraction: float, work: Path, run: dict, save: Callable[[], None
             "fit: to the first training batch", everything, FIRST_BATCH, args=args, root=fit_root, launched=time.time()
         )
         step("check (--check, quick)", everything, CHECK, dest=dest / "kaggle")
+        step("optimize --format litdata (ImageNet's chunk count)", everything, OPTIMIZE, source=dest / "kaggle",
+             dest=dest / "litdata", chunk_size=ITEMS_PER_CHUNK)  # fmt: skip
+        step(f"optimized train: open + {OPTIMIZED_READS} random items", OPTIMIZED_READS, OPTIMIZED_READ,
+             dest=dest / "litdata", reads=OPTIMIZED_READS)  # fmt: skip
+        _remove(dest / "litdata")
         _remove(download.kaggle / "ILSVRC")
         # The prepared train/ is a tree of class folders (wnids) with nothing else: the seed's shape.
         step("prepare class folders (links, split)", n_train, PREPARE, source=dest / "kaggle" / "train",

@@ -5,6 +5,7 @@ The S3 tests talk to moto's S3 server on 127.0.0.1 (a free port, dummy credentia
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -343,27 +344,67 @@ def image_width(image) -> int:
 
 
 def test_reader_opens_once_per_process_and_reads_each_item_once(class_folders, tmp_path, monkeypatch):
-    """Opening LitData's dataset costs ~1 ms (index, config): once per process, not per item; one read per item."""
+    """Opening LitData's dataset costs ~1 ms (index, config): once per process, not per item; one read per item,
+    and each item as LitData itself reads it."""
     import pickle
 
     import litdata
 
-    from imagenet_cls.data.streaming import StreamingImageDataset
+    from imagenet_cls.data.streaming import ChunkFiles, StreamingImageDataset
 
     dest = optimize(class_folders, tmp_path / "optimized")
+    as_litdata_reads = items(dest / "train")
     opened, reads = [], []
-    original_init, original_getitem = litdata.StreamingDataset.__init__, litdata.StreamingDataset.__getitem__
+    original_init, original_read = litdata.StreamingDataset.__init__, ChunkFiles.item_bytes
     monkeypatch.setattr(litdata.StreamingDataset, "__init__", lambda self, *a, **k: opened.append(1) or
                         original_init(self, *a, **k))  # fmt: skip
-    monkeypatch.setattr(litdata.StreamingDataset, "__getitem__", lambda self, i: reads.append(i) or
-                        original_getitem(self, i))  # fmt: skip
+    monkeypatch.setattr(ChunkFiles, "item_bytes", lambda self, i: reads.append(i) or original_read(self, i))
     dataset = StreamingImageDataset(str(dest / "train"), 24, image_width)
+    assert [dataset.items[i] for i in range(24)] == as_litdata_reads
+    reads.clear()
     assert [dataset[(i, i)] for i in range(24)] == [(24, label) for _, label in read_layout(class_folders).splits[
         "train"]]  # fmt: skip
-    assert len(opened) == 1 and len(reads) == 24
+    assert len(opened) == 1 and sorted(reads) == list(range(24))
     copy = pickle.loads(pickle.dumps(dataset))  # what a DataLoader worker gets: no reader, opens its own once
     assert copy.items._reader is None and [copy[i] for i in range(3)] == [dataset[i] for i in range(3)]
     assert len(opened) == 2
+
+
+def test_a_local_split_read_in_random_order_reads_the_items_not_the_chunks(tmp_path):
+    """Training reads in random order: from disk, 20 random images cost about their own bytes, not their chunks'.
+
+    (LitData's reader memory-maps the chunk: page faults read ahead around each item and it advises the kernel to
+    read the whole chunk; on this machine's disk 10 random reads of a 100 MB split pulled ~57 MB.)
+    """
+    from imagenet_cls.data.streaming import OptimizedSplit
+
+    source = tmp_path / "src"
+    noise = np.random.default_rng(0)
+    for i in range(120):  # ~60 KB noise JPEGs: one ~7 MB chunk
+        path = source / "train" / f"n{i % 3:08d}" / f"{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(noise.integers(0, 255, (160, 160, 3), dtype=np.uint8)).save(path, quality=95)
+    dest = optimize(source, tmp_path / "optimized")
+    split = OptimizedSplit(str(dest / "train"), 120)  # opened by the first read, below: that is counted too
+    chunk = next((dest / "train").glob("chunk-*.bin"))
+    control = shutil.copyfile(chunk, tmp_path / "control.bin")
+
+    def disk_bytes(read, *files: Path) -> int:
+        for file in files:
+            descriptor = os.open(file, os.O_RDONLY)
+            os.fsync(descriptor)  # written pages leave the page cache only once on disk
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)  # out of the page cache
+            os.close(descriptor)
+        before = int(Path("/proc/self/io").read_text().split("read_bytes: ")[1].split()[0])
+        read()
+        return int(Path("/proc/self/io").read_text().split("read_bytes: ")[1].split()[0]) - before
+
+    if disk_bytes(control.read_bytes, control) < control.stat().st_size // 2:
+        pytest.skip(f"{tmp_path} is not on a disk whose reads this process can count (tmpfs?)")
+    order = np.random.default_rng(1).permutation(120)[:20].tolist()
+    read = disk_bytes(lambda: [split[i] for i in order], chunk)
+    images = sum(len(split[i]["image"]) for i in order)
+    assert read < chunk.stat().st_size / 2 and read < 8 * images, (read, images, chunk.stat().st_size)
 
 
 def test_ddp_fit_from_optimized_equals_folders(split_folders, tmp_path):

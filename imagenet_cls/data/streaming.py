@@ -4,22 +4,28 @@ The dataset lies in a local folder or under an object-store prefix (``s3://bucke
 endpoint from the usual AWS variables or ``--data.storage_options``). Its classes come from its ``dataset.json``,
 its class names from its ``folder_num_class_map.txt``.
 
-Items are read by index through LitData's ``StreamingDataset``: from local chunks, or from a bucket one HTTP range
-request per image (LitData's ``on_demand_bytes``; nothing but the index is stored locally). The rest of the
-pipeline is the folders' own: the same samplers (:class:`ResumableSampler` for training: the
-same order, the same per-sample augmentation seeds, DDP sharding and exact mid-epoch resume), the same decode and
-transforms (:class:`ImageFile` from bytes) and ``skip_bad_images``. A dataset written from class folders trains
-exactly as the folders do.
+Items are read by index, in the training sampler's random order: from a bucket through LitData's
+``StreamingDataset`` (two HTTP range requests per image, LitData's ``on_demand_bytes``; nothing but the index is
+stored locally; a DataLoader batch's requests overlap, :meth:`OptimizedSplit.read_ahead`), from a local folder by two
+small reads per image (:class:`ChunkFiles`; LitData's own memory-mapped reader reads whole chunks ahead). Either way
+LitData's item loader decodes the item. The rest of the pipeline is the folders' own: the same samplers
+(:class:`ResumableSampler` for training: the same order, the same per-sample augmentation seeds, DDP sharding and
+exact mid-epoch resume), the same decode and transforms (:class:`ImageFile` from bytes) and ``skip_bad_images``. A
+dataset written from class folders trains exactly as the folders do.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
 import os
 import random
 import re
+import struct
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
@@ -37,6 +43,7 @@ if TYPE_CHECKING:
 
 DATASET_FILE = "dataset.json"  # written by imagenet_cls.prepare.litdata_writer
 CLASS_MAP_FILE = "folder_num_class_map.txt"
+OPEN_CHUNK_FILES = 64  # chunk files of a local split kept open per process (ImageNet: ~2,200 of 64 MB)
 READ_AHEAD_THREADS = 16  # HTTP requests in flight per DataLoader worker when a batch is read from a bucket
 _REMOTE = re.compile(r"^(s3|gs|gcs|azure|az)://?(.+)$")  # a Path argument collapses "s3://" into "s3:/"
 
@@ -139,11 +146,47 @@ def _quiet_litdata() -> None:
     os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")  # no PyPI request at each dataset
 
 
+class ChunkFiles:
+    """The items of a local LitData split as bytes, each by two small reads: its offsets, then its bytes.
+
+    A chunk file is LitData's: ``num_items`` (uint32), ``num_items + 1`` offsets (uint32), then the items. The
+    chunks and their item counts come from the split's ``index.json``; the last files used stay open.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        chunks = json.loads((folder / "index.json").read_text(encoding="utf-8"))["chunks"]
+        self.files = [str(folder / chunk["filename"]) for chunk in chunks]
+        self.starts = list(itertools.accumulate((int(chunk["chunk_size"]) for chunk in chunks), initial=0))
+        self._open: OrderedDict[int, int] = OrderedDict()  # chunk -> file descriptor, least recently used first
+
+    def __del__(self) -> None:
+        for descriptor in getattr(self, "_open", {}).values():
+            os.close(descriptor)
+
+    def item_bytes(self, index: int) -> bytes:
+        """Item ``index`` of the split, serialized as LitData wrote it."""
+        chunk = bisect.bisect_right(self.starts, index) - 1
+        descriptor = self._descriptor(chunk)
+        begin, end = struct.unpack("<II", os.pread(descriptor, 8, 4 * (1 + index - self.starts[chunk])))
+        return os.pread(descriptor, end - begin, begin)
+
+    def _descriptor(self, chunk: int) -> int:
+        if chunk in self._open:
+            self._open.move_to_end(chunk)
+            return self._open[chunk]
+        if len(self._open) >= OPEN_CHUNK_FILES:
+            os.close(self._open.popitem(last=False)[1])
+        self._open[chunk] = os.open(self.files[chunk], os.O_RDONLY)
+        return self._open[chunk]
+
+
 class OptimizedSplit:
     """The items of one split of an optimized dataset, by index: dicts with ``image`` bytes, ``label``, ``name``.
 
     LitData's ``StreamingDataset`` is opened on first use in each process (DataLoader workers open their own; the
-    object pickles small) and kept: opening reads the index and costs about a millisecond.
+    object pickles small) and kept: opening reads the index and costs about a millisecond. From a bucket an item is
+    LitData's byte-range request; from a local folder it is two small reads (:class:`ChunkFiles`) decoded by
+    LitData's item loader.
 
     Args:
         url: The split's folder or URL (``.../train``).
@@ -160,6 +203,8 @@ class OptimizedSplit:
         self.remote = remote_url(url) is not None
         self._reader = None
         self._reader_pid = 0
+        self._loader = None  # LitData's item loader of the open dataset (it decodes an item's bytes)
+        self._chunks: ChunkFiles | None = None  # a local split's chunk files
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
         self._batch: dict[int, dict[str, Any]] = {}  # the items of the batch read ahead
@@ -169,7 +214,8 @@ class OptimizedSplit:
         return self.size
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_reader": None, "_pool": None, "_batch": {}, "_last": None}  # opened per worker
+        closed = {"_reader": None, "_loader": None, "_chunks": None, "_pool": None, "_batch": {}, "_last": None}
+        return {**self.__dict__, **closed}  # each worker opens its own
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         # Naming an item and reading it ask for it in turn: the item is kept, so it is read once.
@@ -178,9 +224,15 @@ class OptimizedSplit:
         if self._last is not None and self._last[0] == index:
             return self._last[1]
         with _python_random_kept():
-            item = self.reader[int(index)]
+            item = self._read(int(index))
         self._last = (index, item)
         return item
+
+    def _read(self, index: int) -> dict[str, Any]:
+        reader = self.reader
+        if self._chunks is not None:
+            return self._loader.deserialize(self._chunks.item_bytes(index))
+        return reader[index]
 
     def read_ahead(self, indexes: list[int], timeout: float | None = None) -> None:
         """Fetch ``indexes`` (one batch) at once: from a bucket each item is an HTTP request, so they overlap.
@@ -190,7 +242,8 @@ class OptimizedSplit:
         """
         if not self.remote or len(indexes) < 2:
             return
-        reader = self.reader  # opened here, not by many threads at once
+        with _python_random_kept():
+            reader = self.reader  # opened here, not by many threads at once
         if self._pool is None or self._pool_pid != os.getpid():  # a forked worker has no threads of its parent's
             self._pool = ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix="imagenet_cls-read")
             self._pool_pid = os.getpid()
@@ -212,15 +265,24 @@ class OptimizedSplit:
             _quiet_litdata()
             from filelock import FileLock
             from litdata import StreamingDataset
+            from litdata.streaming.item_loader import PyTreeLoader
 
             # LitData 0.2.76 races when processes (DataLoader workers) open one remote dataset at once: one finds
             # the cache folder without the index.json another is downloading. One at a time per dataset.
             key = hashlib.md5(self.url.encode()).hexdigest()[:12]
-            remote = remote_url(self.url) is not None
-            with FileLock(Path(tempfile.gettempdir()) / f"imagenet_cls-{key}.lock") if remote else nullcontext():
+            lock = FileLock(Path(tempfile.gettempdir()) / f"imagenet_cls-{key}.lock") if self.remote else nullcontext()
+            loader = PyTreeLoader()
+            with lock:
                 self._reader = StreamingDataset(
-                    self.url, cache_dir=self.cache_dir, storage_options=self.storage_options
+                    self.url, cache_dir=self.cache_dir, storage_options=self.storage_options, item_loader=loader
                 )
+                len(self._reader)  # reads the index and sets the item loader up
+            self._loader = loader
+            # A local split is read by us, two small reads per item: LitData memory-maps local chunks, and in
+            # random order (training) a page fault reads ahead around it (the device's read-ahead, 8 MB on some
+            # virtual disks) and it advises the kernel to read whole chunks (64 MB): a dataset larger than the page
+            # cache is then read from disk many times over. Its reads from a bucket are byte ranges already.
+            self._chunks = None if self.remote else ChunkFiles(Path(self.url))
             self._reader_pid = os.getpid()
             # len() of LitData's dataset is this rank's share under DDP; its chunks hold the whole split.
             stored = sum(end - start for start, end in self._reader.region_of_interest)

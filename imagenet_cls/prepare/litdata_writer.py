@@ -40,6 +40,7 @@ def write_litdata(
     quality: int = 90,
     num_workers: int | None = None,
     progress: bool = True,
+    chunk_size: int | None = None,
 ) -> dict[str, Any]:
     """Optimize the class-folder dataset ``source`` into ``dest`` (see the module doc); returns what was written.
 
@@ -55,6 +56,7 @@ def write_litdata(
         quality: JPEG quality of re-encoded images.
         num_workers: LitData worker processes; default: the CPU count.
         progress: Show LitData's progress bar.
+        chunk_size: Items per chunk; None: chunks of 64 MB (LitData's ``chunk_bytes``).
     """
     # Long on purpose: per split, plan, keep-if-done, optimize and record share their state.
     from imagenet_cls.data.classes import class_names, write_class_map
@@ -84,7 +86,7 @@ def write_litdata(
         if out.exists():  # an interrupted or outdated split: written again from its start
             shutil.rmtree(out)
         inputs = [(path, label, os.path.relpath(path, source)) for path, label in layout.splits[name]]
-        _optimize_split(inputs, out, max_side, quality, num_workers, progress)
+        _optimize_split(inputs, out, max_side, quality, num_workers, progress, chunk_size)
         written[name] = count
     write_class_map(dest / "folder_num_class_map.txt", layout.classes, dict(zip(layout.classes,
                     class_names(layout.classes, None, source))))  # fmt: skip
@@ -100,6 +102,7 @@ def _optimize_split(
     quality: int,
     num_workers: int | None,
     progress: bool,
+    chunk_size: int | None = None,
 ) -> None:
     os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")  # no PyPI request from LitData
     from litdata import optimize
@@ -110,7 +113,8 @@ def _optimize_split(
         fn=partial(encode_sample, max_side=max_side, quality=quality),
         inputs=inputs,
         output_dir=str(out.resolve()),
-        chunk_bytes=CHUNK_BYTES,
+        chunk_bytes=None if chunk_size else CHUNK_BYTES,
+        chunk_size=chunk_size,
         num_workers=workers,
         reorder_files=False,  # item i of the index is sample i of the folder layout
         keep_data_ordered=True,
