@@ -2,9 +2,12 @@
 
 The 1000 sample images are prepared as ``val/<wnid>/`` folders, then optimized twice: original bytes, and
 ``--max-side 320`` (re-encoded, quality 90). Each variant reads, decodes and applies our training transform
-(224 px random-resized crop, flip) in one thread, item by item as a DataLoader worker does, interleaved in chunks of
-50 images so that other load on the machine affects them alike. Time to first batch: a new dataset and loader
-(no workers), until the first batch of 32 (page cache warm). Bytes on disk: the image files, or the chunks.
+(224 px random-resized crop, flip) in one thread, item by item in the training sampler's random order as a
+DataLoader worker does, interleaved in chunks of 50 images so that other load on the machine affects them alike.
+Time to first batch: a new dataset and loader (no workers), until the first batch of 32 (page cache warm). Bytes on
+disk: the image files, or the chunks. Our reader of a local split against LitData's own ``StreamingDataset``: bytes
+read from disk for random images from a cold page cache, and items/s in random order, warm. From S3: moto's server
+on 127.0.0.1 with an added delay per request, a batch read ahead against items read in turn.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from bench.common import WORK, Result, sample_as_val_folders, sample_dir
 SIZE = 224
 MAX_SIDE = 320
 BATCH = 32
+RANDOM_READS = 50  # items read from a cold page cache, in random order
 LATENCY_MS = 20  # added to each request of the loopback S3 server (a bucket's first-byte latency is ~10-50 ms)
 
 
@@ -42,16 +46,62 @@ def _datasets(folders: Path, optimized: dict[str, Path]) -> dict:
 
 def _rates(datasets: dict, chunk: int = 50) -> dict[str, float]:
     size = len(next(iter(datasets.values())))
+    order = list(range(size))
+    random.Random(0).shuffle(order)  # the training sampler's order: random over the whole split
     seconds = dict.fromkeys(datasets, 0.0)
     for dataset in datasets.values():  # warm-up: imports, readers, first allocations
         dataset[(0, 0)]
     for start in range(0, size, chunk):
         for name, dataset in datasets.items():
             began = time.perf_counter()
-            for index in range(start, min(size, start + chunk)):
+            for index in order[start : start + chunk]:
                 dataset[(index, index)]  # (index, sample seed), as ResumableSampler hands them
             seconds[name] += time.perf_counter() - began
     return {name: size / spent for name, spent in seconds.items()}
+
+
+def _disk_bytes(read, files: list[Path]) -> int | None:
+    """Bytes this process read from disk during ``read()``, the ``files`` out of the page cache first (None: not
+    countable here, e.g. on a tmpfs)."""
+    for file in files:
+        descriptor = os.open(file, os.O_RDONLY)
+        os.fsync(descriptor)
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(descriptor)
+
+    def counted() -> int:
+        return int(Path("/proc/self/io").read_text().split("read_bytes: ")[1].split()[0])
+
+    before = counted()
+    read()
+    return counted() - before
+
+
+def _random_reads(root: Path, count: int) -> dict[str, dict[str, float]]:
+    """Our reader of a local split against LitData's own ``StreamingDataset``: ``count`` random items read from a
+    cold page cache (bytes from disk, seconds), then the whole split in random order, warm (items/s)."""
+    from litdata import StreamingDataset
+
+    from imagenet_cls.data.streaming import OptimizedSplit
+
+    split = root / "val"
+    chunks = sorted(split.glob("chunk-*.bin"))
+    size = len(StreamingDataset(str(split)))
+    order = list(range(size))
+    random.Random(1).shuffle(order)
+    result: dict[str, dict[str, float]] = {}
+    readers = {"ours": lambda: OptimizedSplit(str(split), size), "litdata": lambda: StreamingDataset(str(split))}
+    for name, make in readers.items():
+        reader = make()
+        began = time.perf_counter()
+        disk = _disk_bytes(lambda reader=reader: [reader[i] for i in order[:count]], chunks)
+        cold = time.perf_counter() - began
+        began = time.perf_counter()
+        for index in order:
+            reader[index]
+        result[name] = {"disk_mb": disk / 1e6 if disk else float("nan"), "cold_s": cold,
+                        "warm_per_s": size / (time.perf_counter() - began)}  # fmt: skip
+    return result
 
 
 def _first_batch_seconds(folders: Path, optimized: dict[str, Path]) -> dict[str, float]:
@@ -162,6 +212,7 @@ def run() -> list[Result]:
     sizes = {"folders": _bytes(folders / "val"), **{name: _bytes(root) for name, root in optimized.items()}}
     count = len(list((folders / "val").rglob("*.JPEG")))
     bucket = _bucket_rates(optimized[f"max-side {MAX_SIDE}"], count)
+    reads = _random_reads(optimized["optimized"], RANDOM_READS)
     note = f"{count} sample images, 1 thread, train transform {SIZE}px"
     big = f"max-side {MAX_SIDE}"
     return [
@@ -177,6 +228,12 @@ def run() -> list[Result]:
                higher_is_better=False, note=f"optimize took {optimize_s:.0f} s (2 workers; 0 if kept from before)"),
         Result(f"bytes on disk: --max-side {MAX_SIDE} vs folders", sizes[big] / 1e6, sizes["folders"] / 1e6, "MB",
                higher_is_better=False, note=f"re-encode took {reencode_s:.0f} s (2 workers; 0 if kept)"),
+        Result(f"disk read for {RANDOM_READS} random images, cold cache: our reader vs LitData's", reads["ours"][
+               "disk_mb"], reads["litdata"]["disk_mb"], "MB", higher_is_better=False,
+               note=f"original bytes, 2 chunks of ~55 MB; {reads['ours']['cold_s']:.2f} vs "
+                    f"{reads['litdata']['cold_s']:.2f} s (NaN: reads not countable on this file system)"),
+        Result("items in random order, warm cache: our reader vs LitData's", reads["ours"]["warm_per_s"],
+               reads["litdata"]["warm_per_s"], "items/s", note="read and unpacked, no decode"),
         Result(f"train pipeline from S3 (--max-side {MAX_SIDE}): batch read ahead vs items in turn",
                bucket["read ahead"], bucket["in turn"], "img/s",
                note=f"moto on 127.0.0.1 (own process) + {LATENCY_MS} ms per request; 1 thread decodes; batch {BATCH}"),
