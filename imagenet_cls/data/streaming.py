@@ -159,9 +159,12 @@ class ChunkFiles:
         self.starts = list(itertools.accumulate((int(chunk["chunk_size"]) for chunk in chunks), initial=0))
         self._open: OrderedDict[int, int] = OrderedDict()  # chunk -> file descriptor, least recently used first
 
-    def __del__(self) -> None:
+    def __del__(self, _close=os.close) -> None:  # os.close bound now: module globals may be gone at exit
         for descriptor in getattr(self, "_open", {}).values():
-            os.close(descriptor)
+            try:
+                _close(descriptor)
+            except OSError:
+                pass
 
     def item_bytes(self, index: int) -> bytes:
         """Item ``index`` of the split, serialized as LitData wrote it."""
