@@ -232,7 +232,7 @@ class OptimizedSplit:
         return item
 
     def _read(self, index: int) -> dict[str, Any]:
-        reader = self.reader
+        reader = self.reader  # opened in this process
         if self._chunks is not None:
             return self._loader.deserialize(self._chunks.item_bytes(index))
         return reader[index]
@@ -240,8 +240,8 @@ class OptimizedSplit:
     def read_ahead(self, indexes: list[int], timeout: float | None = None) -> None:
         """Fetch ``indexes`` (one batch) at once: from a bucket each item is an HTTP request, so they overlap.
 
-        Local chunks are read in turn when asked (memory-mapped; nothing to overlap). An item that fails or takes
-        longer than ``timeout`` is left out here: reading it on its own then reports it as usual.
+        A local split's items are read in turn when asked (two small reads each; nothing to overlap). An item that
+        fails or takes longer than ``timeout`` is left out here: reading it on its own then reports it as usual.
         """
         if not self.remote or len(indexes) < 2:
             return
