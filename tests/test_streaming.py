@@ -47,7 +47,10 @@ def validate(data: str | Path, ckpt: Path, *extra: str) -> dict[str, float]:
     return {key: float(value) for key, value in cli.trainer.callback_metrics.items()}
 
 
-def test_optimize_keeps_bytes_labels_names_and_classes(class_folders, tmp_path, capsys):
+def test_optimize_keeps_bytes_labels_names_and_classes(class_folders, tmp_path, capsys, monkeypatch):
+    import imagenet_cls.prepare.litdata_writer as writer
+
+    monkeypatch.setattr(writer, "ITEMS_PER_CALL", 7)  # a split written in several appended batches keeps its order
     before = {p: p.read_bytes() for p in class_folders.rglob("*") if p.is_file()}
     dest = optimize(class_folders, tmp_path / "optimized")
     manifest = json.loads((dest / "dataset.json").read_text())
@@ -72,8 +75,16 @@ def test_optimize_keeps_bytes_labels_names_and_classes(class_folders, tmp_path, 
     with pytest.raises(UserError, match=f"one split of an optimized dataset: give its parent {dest}"):
         scan_data_dir(dest / "val", (0.8, 0.1, 0.1), 0)
     assert {p: p.read_bytes() for p in class_folders.rglob("*") if p.is_file()} == before  # source untouched
+    capsys.readouterr()
     optimize(class_folders, dest)  # a rerun keeps finished splits
     assert capsys.readouterr().err.count("already optimized") == 3
+    index = json.loads((dest / "train" / "index.json").read_text())
+    index["chunks"] = index["chunks"][:-1]  # a split cut short between two appended batches
+    (dest / "train" / "index.json").write_text(json.dumps(index))
+    optimize(class_folders, dest)
+    err = capsys.readouterr().err
+    assert err.count("already optimized") == 2 and "train: 24 images" in err
+    assert len(items(dest / "train")) == 24
 
 
 def test_max_side_reencodes_only_larger_images(tmp_path):
