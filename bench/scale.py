@@ -9,9 +9,10 @@ temporary folder outside the repo (removed after):
   devkit's ground truth);
 
 then times, each step in its own interpreter (its own peak RSS, imports not counted in the step's seconds):
-``prepare`` of each shape, ``--check``, the data module's scan (``ImageNetDataModule.layout``) of the prepared split
-folders and of the class-folder tree (split per class), a ``fit`` to its first training batch (tiny model, 2 loader
-workers), the resume state that fit's checkpoint holds, and ``predict`` over the val images.
+``prepare`` of each shape, ``--check``, ``prepare --format litdata`` (580 images a chunk, ImageNet's chunk count)
+and 5,000 random reads from the optimized train split, the data module's scan (``ImageNetDataModule.layout``) of
+the prepared split folders and of the class-folder tree (split per class), a ``fit`` to its first training batch
+(tiny model, 2 loader workers), the resume state that fit's checkpoint holds, and ``predict`` over the val images.
 
 ``python -m bench.scale --scale 0.01,0.1,1`` prints a table and writes ``bench/scale.json``. Targets: every step's
 cost per file at the largest fraction within 1.5x of the smallest's; the scan and set-up of 1.28M files under 60 s
