@@ -188,6 +188,16 @@ def _bytes(root: Path) -> int:
 def run() -> list[Result]:
     import torch
 
+    threads = torch.get_num_threads()
+    try:
+        return _run()
+    finally:
+        torch.set_num_threads(threads)  # the results file records the machine's threads after the last module
+
+
+def _run() -> list[Result]:
+    import torch
+
     from imagenet_cls.prepare.litdata_writer import write_litdata
 
     if sample_dir() is None:
