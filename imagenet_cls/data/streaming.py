@@ -226,16 +226,16 @@ class OptimizedSplit:
             return self._batch[index]
         if self._last is not None and self._last[0] == index:
             return self._last[1]
-        with _python_random_kept():
-            item = self._read(int(index))
+        item = self._read(int(index))
         self._last = (index, item)
         return item
 
     def _read(self, index: int) -> dict[str, Any]:
         reader = self.reader  # opened in this process
-        if self._chunks is not None:
+        if self._chunks is not None:  # local: our reads, no LitData call, nothing drawn
             return self._loader.deserialize(self._chunks.item_bytes(index))
-        return reader[index]
+        with _python_random_kept():
+            return reader[index]
 
     def read_ahead(self, indexes: list[int], timeout: float | None = None) -> None:
         """Fetch ``indexes`` (one batch) at once: from a bucket each item is an HTTP request, so they overlap.
@@ -245,8 +245,7 @@ class OptimizedSplit:
         """
         if not self.remote or len(indexes) < 2:
             return
-        with _python_random_kept():
-            reader = self.reader  # opened here, not by many threads at once
+        reader = self.reader  # opened here, not by many threads at once
         if self._pool is None or self._pool_pid != os.getpid():  # a forked worker has no threads of its parent's
             self._pool = ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix="imagenet_cls-read")
             self._pool_pid = os.getpid()
@@ -275,7 +274,7 @@ class OptimizedSplit:
             key = hashlib.md5(self.url.encode()).hexdigest()[:12]
             lock = FileLock(Path(tempfile.gettempdir()) / f"imagenet_cls-{key}.lock") if self.remote else nullcontext()
             loader = PyTreeLoader()
-            with lock:
+            with lock, _python_random_kept():
                 self._reader = StreamingDataset(
                     self.url, cache_dir=self.cache_dir, storage_options=self.storage_options, item_loader=loader
                 )
