@@ -39,6 +39,13 @@ def fit_args(data: Path, root: Path, *extra: str, logger: bool = False) -> list[
             "--test_after_fit", "false", *extra]  # fmt: skip
 
 
+def differing_tensors(expected: dict, got: dict) -> list[str]:
+    """Names of ``expected``'s tensors that ``got`` lacks or holds with other values (bitwise)."""
+    import torch
+
+    return [name for name, tensor in expected.items() if name not in got or not torch.equal(tensor, got[name])]
+
+
 def untrained_weights(folder: Path, num_classes: int = 3) -> list[str]:
     """Options giving TINY_MODEL freshly initialised weights from a file: validate/test/predict refuse no weights."""
     import torch

@@ -25,6 +25,22 @@ def _callbacks_yaml(path: Path, *entries: str) -> Path:
     return path
 
 
+def _slow_batches_yaml(tmp_path: Path, seconds: float, started: Path) -> Path:
+    """A fit config whose batches take ``seconds`` (``started`` appears at the first) and that stops on signals."""
+    return _callbacks_yaml(
+        tmp_path / "slow.yaml",
+        f"  - class_path: tests.faults.SlowBatches\n    init_args: {{seconds: {seconds}, started_file: {started}}}\n"
+        "  - class_path: imagenet_cls.callbacks.signals.GracefulShutdown\n",
+    )
+
+
+def _wait_for_first_batch(started: Path, process: subprocess.Popen) -> None:
+    """Until the run's first batch has begun (``started`` exists), it ended, or 2 minutes passed."""
+    deadline = time.monotonic() + 120
+    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def test_out_of_memory_is_one_line_with_a_remedy_and_keeps_the_last_checkpoint(class_folders, tmp_path, capsys):
     root = tmp_path / "runs"
     config = _callbacks_yaml(
@@ -104,16 +120,10 @@ def test_unreachable_wandb_goes_offline_quickly_and_keeps_the_key_out_of_outputs
 
 def test_second_sigint_exits_at_once(class_folders, tmp_path):
     started = tmp_path / "batch-started"
-    config = _callbacks_yaml(
-        tmp_path / "slow.yaml",
-        f"  - class_path: tests.faults.SlowBatches\n    init_args: {{seconds: 3, started_file: {started}}}\n"
-        "  - class_path: imagenet_cls.callbacks.signals.GracefulShutdown\n",
-    )
+    config = _slow_batches_yaml(tmp_path, 3, started)
     args = fit_args(class_folders, tmp_path / "runs", "--config", str(config), "--trainer.max_epochs", "5")
     process = subprocess.Popen([sys.executable, CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait_for_first_batch(started, process)
     time.sleep(0.5)  # inside a 3-second batch
     process.send_signal(signal.SIGINT)
     time.sleep(0.5)
@@ -194,19 +204,13 @@ def test_a_read_stuck_in_the_kernel_ends_with_an_error_naming_the_option(class_f
 def test_sigterm_to_the_process_group_saves_and_exits_143(class_folders, tmp_path):
     """As SLURM, `timeout` and `kill -- -PGID` do: DataLoader workers get SIGTERM too, and leave it to the main one."""
     started = tmp_path / "batch-started"
-    config = _callbacks_yaml(
-        tmp_path / "slow.yaml",
-        f"  - class_path: tests.faults.SlowBatches\n    init_args: {{seconds: 1, started_file: {started}}}\n"
-        "  - class_path: imagenet_cls.callbacks.signals.GracefulShutdown\n",
-    )
+    config = _slow_batches_yaml(tmp_path, 1, started)
     root = tmp_path / "runs"
     args = fit_args(class_folders, root, "--config", str(config), "--trainer.max_epochs", "5")
     args += ["--data.num_workers", "2"]
     process = subprocess.Popen([sys.executable, CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait_for_first_batch(started, process)
     time.sleep(0.5)
     os.killpg(process.pid, signal.SIGTERM)
     try:
@@ -238,9 +242,7 @@ def test_slurm_requeue_signal_saves_requeues_and_resumes(class_folders, tmp_path
     args = fit_args(class_folders, root, "--config", str(config), "--trainer.max_epochs", "2")
     process = subprocess.Popen([sys.executable, CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=env)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait_for_first_batch(started, process)
     time.sleep(0.5)
     process.send_signal(signal.SIGUSR1)
     _, stderr = process.communicate(timeout=60)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, differing_tensors
 
 CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
 
@@ -46,7 +46,7 @@ def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(class_folders,
     final = torch.load(killed_root / "checkpoints" / "last.ckpt", weights_only=True)
     assert final["global_step"] == expected["global_step"] == 18
     assert expected["state_dict"].keys() == final["state_dict"].keys()
-    different = [k for k, v in expected["state_dict"].items() if not torch.equal(v, final["state_dict"][k])]
+    different = differing_tensors(expected["state_dict"], final["state_dict"])
     assert not different, different
     best = {k: v["best_model_score"] for k, v in expected["callbacks"].items() if k.startswith("ModelCheckpoint")}
     assert best == {k: v["best_model_score"] for k, v in final["callbacks"].items() if k.startswith("ModelCheckpoint")}
@@ -67,7 +67,7 @@ def test_resume_without_the_saved_position_would_differ(class_folders, tmp_path)
     assert reference.returncode == resumed.returncode == 0, resumed.stderr[-3000:]
     expected = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     final = torch.load(checkpoint, weights_only=True)["state_dict"]
-    assert any(not torch.equal(v, final[k]) for k, v in expected.items())
+    assert differing_tensors(expected, final)
 
 
 def test_first_nonfinite_names_the_first_bad_floating_tensor():
@@ -99,7 +99,7 @@ def test_kill_9_of_a_ddp_run_then_resume_equals_an_uninterrupted_ddp_run(class_f
     expected = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=True)
     final = torch.load(killed_root / "checkpoints" / "last.ckpt", weights_only=True)
     assert final["global_step"] == expected["global_step"] == 9
-    different = [k for k, v in expected["state_dict"].items() if not torch.equal(v, final["state_dict"][k])]
+    different = differing_tensors(expected["state_dict"], final["state_dict"])
     assert not different, different
 
 

@@ -23,7 +23,16 @@ from imagenet_cls.data.datamodule import scan_data_dir
 from imagenet_cls.data.layout import read_layout
 from imagenet_cls.errors import UserError
 from imagenet_cls.prepare.sources import main as prepare_main
-from tests.conftest import COLOURS, FAST_TRAINER, NAMES, TINY_MODEL, fit_args, untrained_weights, write_image
+from tests.conftest import (
+    COLOURS,
+    FAST_TRAINER,
+    NAMES,
+    TINY_MODEL,
+    differing_tensors,
+    fit_args,
+    untrained_weights,
+    write_image,
+)
 
 CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
 
@@ -117,7 +126,7 @@ def test_fit_and_validate_from_optimized_equal_folders(class_folders, tmp_path):
     from_folders = torch.load(tmp_path / "folders" / "checkpoints" / "last.ckpt", weights_only=True)
     streamed = torch.load(tmp_path / "streamed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert streamed["hyper_parameters"]["class_names"] == [NAMES[c] for c in sorted(COLOURS)]
-    different = [k for k, v in from_folders["state_dict"].items() if not torch.equal(v, streamed["state_dict"][k])]
+    different = differing_tensors(from_folders["state_dict"], streamed["state_dict"])
     assert not different, different
     ckpt = tmp_path / "folders" / "checkpoints" / "last.ckpt"
     expected, got = validate(class_folders, ckpt), validate(dest, ckpt)
@@ -301,7 +310,7 @@ def test_fit_from_s3_killed_and_resumed_equals_local_then_validate_equal(class_f
     expected = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=True)
     final = torch.load(killed_root / "checkpoints" / "last.ckpt", weights_only=True)
     assert final["global_step"] == expected["global_step"] == 12
-    different = [k for k, v in expected["state_dict"].items() if not torch.equal(v, final["state_dict"][k])]
+    different = differing_tensors(expected["state_dict"], final["state_dict"])
     assert not different, different
 
     ckpt = killed_root / "checkpoints" / "last.ckpt"
@@ -441,4 +450,4 @@ def test_ddp_fit_from_optimized_equals_folders(split_folders, tmp_path):
     assert pd.read_csv(streamed / "metrics.csv")["val_images"].dropna().eq(12).all()
     expected = torch.load(folders / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     got = torch.load(streamed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert not [k for k, v in expected.items() if not torch.equal(v, got[k])]
+    assert not differing_tensors(expected, got)
