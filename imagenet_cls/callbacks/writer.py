@@ -82,6 +82,10 @@ class PredictionWriter(BasePredictionWriter):
             log.warning("PredictionWriter(show=True): no display found; writing files only")
             self.show = False
 
+    def prediction_folder(self) -> Path | None:
+        """``output_dir`` as given (the run folder decides the default): see ``runs.folders.PredictionOutput``."""
+        return self.output_dir
+
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         from imagenet_cls.runs.folders import run_folder
 

@@ -248,7 +248,7 @@ class ImageNetDataModule(LightningDataModule):
         The order depends only on the seed and the epoch; a run resumed from a mid-epoch checkpoint continues with
         the batch after the last one done.
         """
-        from imagenet_cls.callbacks.resume import ResumableSampler
+        from imagenet_cls.data.sampling import ResumableSampler
 
         if self.order_seed is None:
             self.order_seed = torch.initial_seed() % 2**31  # seed_everything's seed

@@ -47,7 +47,7 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int] | BadSample:
         """Item ``index``; ``(index, seed)`` (from :class:`ResumableSampler`) draws its augmentations from ``seed``."""
         if isinstance(index, tuple):
-            from imagenet_cls.callbacks.resume import seeded
+            from imagenet_cls.data.sampling import seeded
 
             index, seed = index
             with seeded(seed):

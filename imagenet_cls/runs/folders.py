@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
@@ -18,6 +19,14 @@ TIMESTAMP_FORMAT = "%Y%m%d-%H%M%S"
 def timestamp() -> str:
     """Now, as used in run-folder and file names (``20261130-094501``)."""
     return time.strftime(TIMESTAMP_FORMAT)
+
+
+@runtime_checkable
+class PredictionOutput(Protocol):
+    """A callback that may name the folder predictions go to (the prediction writer's ``--writer.output_dir``)."""
+
+    def prediction_folder(self) -> Path | None:
+        """The folder the user chose, or None for the default."""
 
 
 class RunFolder(Callback):
@@ -53,11 +62,9 @@ def run_folder(trainer: Trainer, stage: str) -> Path:
 def _decide(trainer: Trainer, stage: str) -> Path:
     root = Path(trainer.default_root_dir)
     if stage == "predict":
-        from imagenet_cls.callbacks.writer import PredictionWriter
-
         for callback in trainer.callbacks:
-            if isinstance(callback, PredictionWriter) and callback.output_dir is not None:
-                return Path(callback.output_dir)
+            if isinstance(callback, PredictionOutput) and callback.prediction_folder() is not None:
+                return Path(callback.prediction_folder())
         return root / "predictions" / timestamp()
     if not trainer.loggers:
         # validate/test without a logger: a folder per run, not loose files in the root
