@@ -54,13 +54,17 @@ class NonFiniteValidation(Callback):
 
 
 class KillAt(Callback):
-    """``kill -9`` this process when training reaches optimizer step ``step`` (no cleanup, no checkpoint)."""
+    """``kill -9`` this process when training reaches optimizer step ``step`` (no cleanup, no checkpoint).
 
-    def __init__(self, step: int = 5) -> None:
+    ``rank``: only the process of that global rank (DDP), else every process.
+    """
+
+    def __init__(self, step: int = 5, rank: int | None = None) -> None:
         self.step = step
+        self.rank = rank
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             import os
             import signal
 

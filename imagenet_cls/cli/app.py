@@ -18,6 +18,7 @@ from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 
+from imagenet_cls.callbacks.peers import PeerWatch
 from imagenet_cls.cli import config_edits as edits
 from imagenet_cls.cli.failures import FailureAdvice
 from imagenet_cls.cli.lightning_adapter import SubcommandArgumentsCLI, drop_unset_wandb_anonymous
@@ -72,8 +73,10 @@ class ImageNetCLI(SubcommandArgumentsCLI):
             seed_everything_default=42,
             auto_configure_optimizers=False,  # the model's own configure_optimizers is the one place for that
             parser_kwargs={"default_env": False},
-            # Present whatever callbacks the YAML lists: the run folder, best.ckpt and one-line failure advice.
-            trainer_defaults={"callbacks": [RunFolder(), BestCheckpointLink(), failure_advice or FailureAdvice()]},
+            # Present whatever callbacks the YAML lists: run folder, best.ckpt, naming a lost DDP peer, failure advice.
+            trainer_defaults={
+                "callbacks": [RunFolder(), BestCheckpointLink(), PeerWatch(), failure_advice or FailureAdvice()]
+            },
             args=args,
             run=run,
         )

@@ -1,4 +1,4 @@
-"""Out-of-memory and a killed DataLoader worker become one line with a remedy, instead of a traceback."""
+"""Out-of-memory, a killed DataLoader worker and a lost DDP process become one line with a remedy, not a traceback."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ class FailureAdvice(Callback):
 
 
 def explain_failure(error: BaseException, trainer: Trainer) -> str | None:
-    """A one-line explanation of out-of-memory or a killed DataLoader worker; None for other errors."""
+    """A one-line explanation of out-of-memory, a killed DataLoader worker or a lost DDP peer; None otherwise."""
     import torch
 
+    from imagenet_cls.callbacks.peers import PeerWatch
     from imagenet_cls.runs.checkpoints import last_checkpoint_path
 
     if not isinstance(error, RuntimeError):  # torch.OutOfMemoryError is a RuntimeError
@@ -32,6 +33,9 @@ def explain_failure(error: BaseException, trainer: Trainer) -> str | None:
     kept = f"; the last checkpoint ({last}) is intact: resume with --ckpt_path last" if last.is_file() else ""
     data = trainer.datamodule
     stage = getattr(trainer.state.fn, "value", trainer.state.fn) or "run"
+    lost = next((c.explain(error, trainer) for c in trainer.callbacks if isinstance(c, PeerWatch)), None)
+    if lost:
+        return f"{stage}: {lost}: the run stopped{kept}"
     if isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text:
         return (
             f"{stage}: out of memory ({first}): lower --data.batch_size (now {getattr(data, 'batch_size', '?')}) "
