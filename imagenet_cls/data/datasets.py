@@ -235,9 +235,36 @@ def output_path(path: str, root: Path) -> Path:
 
 
 def safe_output_path(relative: str, fallback: str) -> Path:
-    """``relative`` without ``..``, ``.`` or absolute parts (``fallback`` when none is left), writable by OpenCV."""
-    parts = [part for part in Path(relative).parts if part not in ("..", ".", "") and not os.path.isabs(part)]
-    relative = Path(*parts) if parts else Path(fallback)
+    """``relative`` without ``..``, ``.`` or absolute parts (``fallback`` when none is left), writable by OpenCV.
+
+    Names come from data (list lines, optimized datasets): NUL and other control characters become ``_``, each
+    part is cut to ``MAX_PART_BYTES`` and the whole to ``MAX_PATH_BYTES`` (its last parts kept), so the copy can
+    always be written, and always under the output folder.
+    """
+    parts = [_writable_part(part) for part in Path(_printable(relative)).parts if part not in ("..", ".", "", "/")]
+    parts = [part for part in parts if part not in ("..", ".") and not os.path.isabs(part)]
+    while len(parts) > 1 and len("/".join(parts).encode()) > MAX_PATH_BYTES:
+        parts.pop(0)
+    fallback_part = _writable_part(_printable(os.path.basename(fallback)))
+    relative = Path(*parts) if parts else Path(fallback_part if fallback_part not in ("", ".", "..") else "image")
     if relative.suffix.lower() not in WRITABLE_EXTENSIONS:  # OpenCV writes these; others (gif) become .png
-        relative = relative.with_name(relative.name + ".png")
+        relative = relative.with_name(_writable_part(relative.name, reserve=4) + ".png")
     return relative
+
+
+MAX_PART_BYTES = 200  # under every file system's 255-byte name limit, with room for a suffix
+MAX_PATH_BYTES = 1024  # far under PATH_MAX (4096) with the output folder in front
+
+
+def _printable(text: str) -> str:
+    return "".join("_" if ord(char) < 32 or char == "\x7f" else char for char in text)
+
+
+def _writable_part(part: str, reserve: int = 0) -> str:
+    """``part`` cut to ``MAX_PART_BYTES - reserve`` bytes of UTF-8, its suffix kept."""
+    limit = MAX_PART_BYTES - reserve
+    if len(part.encode()) <= limit:
+        return part
+    stem, suffix = os.path.splitext(part)
+    suffix = suffix if len(suffix.encode()) <= 16 else ""
+    return stem.encode()[: limit - len(suffix.encode())].decode(errors="ignore") + suffix

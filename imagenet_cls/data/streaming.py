@@ -232,10 +232,19 @@ class OptimizedSplit:
 
     def _read(self, index: int) -> dict[str, Any]:
         reader = self.reader  # opened in this process
-        if self._chunks is not None:  # local: our reads, no LitData call, nothing drawn
-            return self._loader.deserialize(self._chunks.item_bytes(index))
-        with _python_random_kept():
-            return reader[index]
+        try:
+            if self._chunks is not None:  # local: our reads, no LitData call, nothing drawn
+                item = self._loader.deserialize(self._chunks.item_bytes(index))
+            else:
+                with _python_random_kept():
+                    item = reader[index]
+        except (struct.error, ValueError, KeyError, IndexError, TypeError) as error:  # a damaged chunk
+            raise UserError(f"{self.url}: item {index} cannot be decoded ({type(error).__name__}: {error}): "
+                            "the optimized dataset is damaged; optimize it again") from None  # fmt: skip
+        if not (isinstance(item, dict) and isinstance(item.get("image"), bytes | bytearray | memoryview)
+                and isinstance(item.get("label"), int) and isinstance(item.get("name"), str)):  # fmt: skip
+            raise UserError(f"{self.url}: item {index} is not an image with a label and a name: optimize it again")
+        return item
 
     def read_ahead(self, indexes: list[int], timeout: float | None = None) -> None:
         """Fetch ``indexes`` (one batch) at once: from a bucket each item is an HTTP request, so they overlap.
@@ -257,8 +266,11 @@ class OptimizedSplit:
         }
 
     def name(self, index: int) -> str:
-        """Item ``index``'s path relative to the folder it was optimized from."""
-        return str(self[index]["name"])
+        """Item ``index``'s path relative to the folder it was optimized from (``item <index>`` if unreadable)."""
+        try:
+            return str(self[index]["name"])
+        except UserError:  # reading the item again reports it (a bad image, or the error)
+            return f"item {index}"
 
     @property
     def reader(self):
