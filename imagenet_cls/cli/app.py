@@ -25,6 +25,7 @@ from imagenet_cls.cli.lightning_adapter import SubcommandArgumentsCLI, drop_unse
 from imagenet_cls.cli.wandb_setup import wandb_offline_without_key
 from imagenet_cls.data.datamodule import ImageNetDataModule, scan_data_dir
 from imagenet_cls.data.layout import DatasetLayout
+from imagenet_cls.data.secrets import SECRET_OPTIONS, redact
 from imagenet_cls.errors import MissingPathError, UserError, report_user_error
 from imagenet_cls.model.module import LOGGED_METRICS, ClassificationModel
 from imagenet_cls.runs.checkpoints import BestCheckpointLink, find_checkpoint, load_checkpoint
@@ -54,7 +55,16 @@ class RunConfigSaver(SaveConfigCallback):
         while path.exists():  # never over an earlier run's config
             attempt += 1
             path = folder / f"config-{timestamp()}-{stage_name}-{attempt}.yaml"
-        self.parser.save(self.config, path, skip_unset=False, overwrite=False, multifile=self.multifile)
+        self.parser.save(_redacted(self.config), path, skip_unset=False, overwrite=False, multifile=self.multifile)
+
+
+def _redacted(config: Namespace) -> Namespace:
+    """``config`` with the credentials in its ``storage_options`` replaced (see runs.secrets)."""
+    config = config.clone()
+    for key in config.keys():
+        if key.rsplit(".", 1)[-1] in SECRET_OPTIONS and isinstance(config[key], dict):
+            config[key] = redact(config[key])
+    return config
 
 
 class ImageNetCLI(SubcommandArgumentsCLI):

@@ -184,6 +184,18 @@ class ImageNetDataModule(LightningDataModule):
         return self.mode == "train" and bool(self.layout.splits.get("test"))
 
     # ---- datasets ------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Drop credentials from ``sys.argv``, which W&B records when its run starts (right after this hook).
+
+        Lightning calls this once the DDP processes are launched (its launcher re-runs ``sys.argv``), on the first
+        process of each node, before any logger starts.
+        """
+        import sys
+
+        from imagenet_cls.data.secrets import redact_argv
+
+        sys.argv[:] = redact_argv(sys.argv)
+
     def setup(self, stage: str) -> None:
         """Build the datasets of ``stage`` with the preprocessing handed over by ``set_preprocessing``."""
         from imagenet_cls.data.datasets import PredictDataset, resolve_predict_paths
