@@ -34,3 +34,38 @@ def report_user_error(error: BaseException) -> int:
 
     print(f"error: {one_line(error)}", file=sys.stderr)
     return 2
+
+
+DISK_FULL_ERRNOS = (28, 27, 122)  # ENOSPC, EFBIG (file-size limit, ulimit -f), EDQUOT
+
+
+def disk_full(error: BaseException) -> UserError | None:
+    """``error`` as one line when it is a full disk, a file-size limit or a quota; None otherwise."""
+    if not isinstance(error, OSError) or error.errno not in DISK_FULL_ERRNOS:
+        return None
+    import os
+
+    where = f" writing {error.filename}" if error.filename else ""
+    return UserError(
+        f"{os.strerror(error.errno)}{where}: free space on that file system (or raise the file-size limit, ulimit -f, "
+        "or the quota) and run again; no file was left half-written under its final name"
+    )
+
+
+def report_disk_full(error: OSError) -> int:
+    """Print a full disk as one ``error:`` line (status 2); re-raise any other OSError."""
+    converted = disk_full(error)
+    if converted is None:
+        raise error
+    return report_user_error(converted)
+
+
+def ignore_file_size_signal() -> None:
+    """Ignore SIGXFSZ: a write past a file-size limit (``ulimit -f``) then fails with EFBIG, reported in one line.
+
+    By default the signal kills the process with a core dump, and no message.
+    """
+    import signal
+
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

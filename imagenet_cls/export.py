@@ -20,13 +20,15 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from imagenet_cls.errors import UserError, report_user_error
+from imagenet_cls.errors import UserError, ignore_file_size_signal, report_disk_full, report_user_error
 from imagenet_cls.model.inference import plain
 
 log = logging.getLogger(__name__)
@@ -77,29 +79,42 @@ def export(checkpoint: Path, out_dir: Path, report: Path | None = None, onnx: bo
         UserError: the checkpoint is missing or was not written by this tool, or the ONNX graph disagrees with
             PyTorch.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     model, saved = load_model(checkpoint)
     hparams = dict(model.hparams)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.backbone.state_dict().items()}
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    weights = save(state, metadata={"format": "pt"})  # bytes: a write error is an OSError (a full disk: one line)
+    _atomic(out_dir / "model.safetensors", lambda path: path.write_bytes(weights))
     if hparams["model_name"].startswith("tv:"):
         log.info("%s is a torchvision model: timm cannot load it, config.json is left out", hparams["model_name"])
     else:
-        write_timm_config(model, out_dir / "config.json")
+        _atomic(out_dir / "config.json", lambda path: write_timm_config(model, path))
     kept = {k: plain(hparams[k]) for k in KEPT_HPARAMS if k in hparams}
     predict = {"model": {**kept, "pretrained": str(out_dir.resolve())}, "data": {"mode": "predict"}}
-    (out_dir / "predict.yaml").write_text(yaml.safe_dump({**predict, "trainer": {"logger": False}}, sort_keys=False))
+    predict_yaml = yaml.safe_dump({**predict, "trainer": {"logger": False}}, sort_keys=False)
+    _atomic(out_dir / "predict.yaml", lambda path: path.write_text(predict_yaml))
     onnx_check = None
     if onnx:
-        onnx_check = write_onnx(model, out_dir / "model.onnx")
+        onnx_check = _atomic(out_dir / "model.onnx", lambda path: write_onnx(model, path))
     summaries = _summaries(checkpoint, report)
     run_config = _run_config(checkpoint)
     card = model_card(hparams, model.data_config, checkpoint, saved, summaries, run_config, out_dir, onnx_check)
-    (out_dir / "README.md").write_text(card)
+    _atomic(out_dir / "README.md", lambda path: path.write_text(card))
     return out_dir
+
+
+def _atomic(path: Path, write: Callable[[Path], Any]) -> Any:
+    """``write(temporary path)``, then rename it to ``path``: a full disk never leaves a half-written file there."""
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        result = write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return result
 
 
 def load_model(checkpoint: Path) -> tuple[Any, dict[str, Any]]:
@@ -294,10 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     ours = logging.getLogger("imagenet_cls")
     ours.setLevel(logging.INFO)
     ours.addHandler(logging.StreamHandler())
+    ignore_file_size_signal()
     try:
         out = export(args.checkpoint, args.out_dir, report=args.report, onnx=args.onnx)
     except UserError as error:
         return report_user_error(error)
+    except OSError as error:
+        return report_disk_full(error)
     print(f"exported {args.checkpoint} to {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return 0
 

@@ -26,7 +26,13 @@ from imagenet_cls.cli.wandb_setup import wandb_offline_without_key
 from imagenet_cls.data.datamodule import ImageNetDataModule, scan_data_dir
 from imagenet_cls.data.layout import DatasetLayout
 from imagenet_cls.data.secrets import SECRET_OPTIONS, redact
-from imagenet_cls.errors import MissingPathError, UserError, report_user_error
+from imagenet_cls.errors import (
+    MissingPathError,
+    UserError,
+    ignore_file_size_signal,
+    report_disk_full,
+    report_user_error,
+)
 from imagenet_cls.model.module import LOGGED_METRICS, ClassificationModel
 from imagenet_cls.runs.checkpoints import BestCheckpointLink, find_checkpoint, load_checkpoint
 from imagenet_cls.runs.folders import RunFolder, run_folder, timestamp
@@ -304,15 +310,18 @@ def _preview(classes: list[str]) -> str:
 def main(args: list[str] | None = None) -> int:
     """Run the CLI; a user mistake prints one ``error:`` line and returns 2 instead of a traceback."""
     configure_logging()
+    ignore_file_size_signal()
     advice = FailureAdvice()
     try:
         ImageNetCLI(args=args, failure_advice=advice)
     except UserError as error:
         return report_user_error(error)
-    except RuntimeError:
-        if advice.advice is None:
-            raise
-        return report_user_error(UserError(advice.advice))
+    except (RuntimeError, OSError) as error:
+        if advice.advice is not None:
+            return report_user_error(UserError(advice.advice))
+        if isinstance(error, OSError):
+            return report_disk_full(error)  # a full disk is one line; other OSErrors are raised again
+        raise
     except SystemExit as exit_:
         if exit_.code in SIGNAL_EXIT_CODES:  # saved and exiting for a signal: a later SIGTERM to the job is moot
             for signum in (signal.SIGTERM, signal.SIGINT):  # (Lightning's teardown put the default handlers back)

@@ -19,13 +19,15 @@ class FailureAdvice(Callback):
 
 
 def explain_failure(error: BaseException, trainer: Trainer) -> str | None:
-    """A one-line explanation of out-of-memory, a killed DataLoader worker or a lost DDP peer; None otherwise."""
+    """One line for out-of-memory, a killed DataLoader worker, a lost DDP peer or a full disk; None otherwise."""
     import torch
 
     from imagenet_cls.callbacks.peers import PeerWatch
+    from imagenet_cls.errors import disk_full
     from imagenet_cls.runs.checkpoints import last_checkpoint_path
 
-    if not isinstance(error, RuntimeError):  # torch.OutOfMemoryError is a RuntimeError
+    full = disk_full(error)
+    if not isinstance(error, RuntimeError) and full is None:  # torch.OutOfMemoryError is a RuntimeError
         return None
     text = str(error)
     first = text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
@@ -33,6 +35,8 @@ def explain_failure(error: BaseException, trainer: Trainer) -> str | None:
     kept = f"; the last checkpoint ({last}) is intact: resume with --ckpt_path last" if last.is_file() else ""
     data = trainer.datamodule
     stage = getattr(trainer.state.fn, "value", trainer.state.fn) or "run"
+    if full is not None:
+        return f"{stage}: {full}{kept}"
     lost = next((c.explain(error, trainer) for c in trainer.callbacks if isinstance(c, PeerWatch)), None)
     if lost:
         return f"{stage}: {lost}: the run stopped{kept}"

@@ -37,7 +37,7 @@ from typing import Literal
 from imagenet_cls.data.classes import imagenet_class_names, read_class_map, write_class_map
 from imagenet_cls.data.images import is_hidden, is_image_file, iter_image_files
 from imagenet_cls.data.layout import SPLITS, split_per_class
-from imagenet_cls.errors import UserError, report_user_error
+from imagenet_cls.errors import UserError, ignore_file_size_signal, report_disk_full, report_user_error
 from imagenet_cls.prepare.check import with_progress
 
 Mode = Literal["auto", "link", "symlink", "copy"]
@@ -432,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = _argument_parser()
     args = parser.parse_args(argv)
+    ignore_file_size_signal()
     try:
         if args.check:
             if not args.check.is_dir():
@@ -458,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except UserError as error:
         return report_user_error(error)
+    except OSError as error:
+        return report_disk_full(error)
 
 
 def _write_litdata(args: argparse.Namespace) -> int:

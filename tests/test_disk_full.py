@@ -1,0 +1,100 @@
+"""A full disk (simulated with a file-size limit, RLIMIT_FSIZE, as ``ulimit -f`` sets) while writing a checkpoint,
+prepared files, an optimized dataset, an export or predict's CSV: one ``error:`` line, the previous checkpoint and
+outputs intact, and no half-written file under a final name."""
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_MODEL, fit_args, untrained_weights
+
+CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def _limited(args: list[str], limit: int, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``args`` with every file it writes limited to ``limit`` bytes (writes beyond fail with EFBIG)."""
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, preexec_fn=limit_files, env=env, cwd=cwd
+    )
+
+
+def _one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])  # not -SIGXFSZ (25), not a traceback
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "File too large" in line, line
+    return line
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_checkpoint_write_on_a_full_disk_keeps_the_last_checkpoint(class_folders, tmp_path):
+    root = tmp_path / "runs"
+    first = subprocess.run([sys.executable, CLI, *fit_args(class_folders, root, "--trainer.max_epochs", "1")],
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoints = root / "checkpoints"
+    before = _snapshot(checkpoints)
+    assert "last.ckpt" in before and all(len(data) > 200_000 for data in before.values())
+    resumed = _limited([sys.executable, CLI, *fit_args(class_folders, root, "--trainer.max_epochs", "2",
+                                                       "--ckpt_path", "last")], 100_000, tmp_path)  # fmt: skip
+    line = _one_line_error(resumed)
+    assert "last checkpoint" in line and "is intact" in line
+    assert _snapshot(checkpoints) == before  # nothing new, nothing changed, no partial file
+
+
+def test_predict_csv_on_a_full_disk_leaves_no_predictions_csv(class_folders, tmp_path):
+    weights = untrained_weights(tmp_path)
+    out = tmp_path / "predicted"
+    result = _limited([sys.executable, CLI, "predict", *TINY_MODEL, *weights, "--data.predict_path",
+                       str(class_folders), "--data.num_workers", "0", "--trainer.logger", "false",
+                       "--trainer.accelerator", "cpu", "--writer.output_dir", str(out), "--writer.write_images",
+                       "false", "--writer.top_k", "3"], 3_000, tmp_path)  # fmt: skip
+    _one_line_error(result)
+    assert not list(out.rglob("predictions.csv")) and not list(out.rglob("predictions.json"))
+
+
+def test_export_on_a_full_disk_keeps_the_previous_export(class_folders, tmp_path):
+    root = tmp_path / "runs"
+    fit = subprocess.run([sys.executable, CLI, *fit_args(class_folders, root, "--trainer.max_epochs", "1")],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    checkpoint, out = root / "checkpoints" / "last.ckpt", tmp_path / "exported"
+    export = [sys.executable, "-m", "imagenet_cls.export", str(checkpoint), str(out), "--no-onnx"]
+    assert subprocess.run(export, capture_output=True, timeout=600).returncode == 0
+    before = _snapshot(out)
+    (out / "model.safetensors").unlink()  # the weights are written again; the other files are replaced
+    _one_line_error(_limited(export, 50_000, tmp_path))
+    after = _snapshot(out)
+    assert "model.safetensors" not in after and after == {k: v for k, v in before.items() if k in after}
+    assert not [name for name in after if "partial" in name]
+
+
+def test_prepare_on_a_full_disk_is_one_line_and_leaves_only_whole_files(class_folders, tmp_path):
+    dest = tmp_path / "dest"
+    args = [sys.executable, "-m", "imagenet_cls.prepare", str(class_folders), str(dest), "--no-progress", "--mode",
+            "copy"]  # fmt: skip
+    _one_line_error(_limited(args, 600, tmp_path))  # each image is about 1 KB
+    copied = list(dest.rglob("*.jpg"))  # copies go through .partial files: every image under its final name is whole
+    assert all(path.read_bytes() == (class_folders / path.parent.name / path.name).read_bytes() for path in copied)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=subprocess.TimeoutExpired, reason="LitData 0.2.76's optimize waits forever "
+                   "for a worker that failed to write a chunk (known defect, not fixed here)")  # fmt: skip
+def test_optimize_on_a_full_disk_is_one_line(class_folders, tmp_path):
+    args = [sys.executable, "-m", "imagenet_cls.prepare", str(class_folders), str(tmp_path / "dest"), "--no-progress",
+            "--format", "litdata"]  # fmt: skip
+    _one_line_error(_limited(args, 600, tmp_path, timeout=60))
