@@ -25,14 +25,8 @@ from imagenet_cls.cli.lightning_adapter import SubcommandArgumentsCLI, drop_unse
 from imagenet_cls.cli.wandb_setup import wandb_offline_without_key
 from imagenet_cls.data.datamodule import ImageNetDataModule, scan_data_dir
 from imagenet_cls.data.layout import DatasetLayout
-from imagenet_cls.data.secrets import SECRET_OPTIONS, redact
-from imagenet_cls.errors import (
-    MissingPathError,
-    UserError,
-    ignore_file_size_signal,
-    report_disk_full,
-    report_user_error,
-)
+from imagenet_cls.data.secrets import redact_config
+from imagenet_cls.errors import MissingPathError, UserError, report_user_error
 from imagenet_cls.model.module import LOGGED_METRICS, ClassificationModel
 from imagenet_cls.runs.checkpoints import BestCheckpointLink, find_checkpoint, load_checkpoint
 from imagenet_cls.runs.folders import RunFolder, run_folder, timestamp
@@ -61,16 +55,7 @@ class RunConfigSaver(SaveConfigCallback):
         while path.exists():  # never over an earlier run's config
             attempt += 1
             path = folder / f"config-{timestamp()}-{stage_name}-{attempt}.yaml"
-        self.parser.save(_redacted(self.config), path, skip_unset=False, overwrite=False, multifile=self.multifile)
-
-
-def _redacted(config: Namespace) -> Namespace:
-    """``config`` with the credentials in its ``storage_options`` replaced (see runs.secrets)."""
-    config = config.clone()
-    for key in config.keys():
-        if key.rsplit(".", 1)[-1] in SECRET_OPTIONS and isinstance(config[key], dict):
-            config[key] = redact(config[key])
-    return config
+        self.parser.save(redact_config(self.config), path, skip_unset=False, overwrite=False, multifile=self.multifile)
 
 
 class ImageNetCLI(SubcommandArgumentsCLI):
@@ -309,6 +294,8 @@ def _preview(classes: list[str]) -> str:
 
 def main(args: list[str] | None = None) -> int:
     """Run the CLI; a user mistake prints one ``error:`` line and returns 2 instead of a traceback."""
+    from imagenet_cls.errors import ignore_file_size_signal, report_disk_full
+
     configure_logging()
     ignore_file_size_signal()
     advice = FailureAdvice()

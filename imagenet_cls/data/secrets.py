@@ -55,3 +55,12 @@ def _redact_value(name: str, value: str) -> str:
     except ValueError:
         return REDACTED
     return json.dumps(redact(parsed)) if isinstance(parsed, dict) else REDACTED
+
+
+def redact_config(config: Any) -> Any:
+    """A copy of a jsonargparse Namespace ``config`` with the credentials in its ``storage_options`` replaced."""
+    config = config.clone()
+    for key in config.keys():
+        if key.rsplit(".", 1)[-1] in SECRET_OPTIONS and isinstance(config[key], dict):
+            config[key] = redact(config[key])
+    return config

@@ -155,7 +155,11 @@ class ChunkFiles:
 
     def __init__(self, folder: Path) -> None:
         chunks = json.loads((folder / "index.json").read_text(encoding="utf-8"))["chunks"]
-        self.files = [str(folder / chunk["filename"]) for chunk in chunks]
+        names = [str(chunk["filename"]) for chunk in chunks]
+        strange = [name for name in names if os.path.basename(name) != name or name in ("", ".", "..")]
+        if strange:  # a chunk is a file of the split's folder: never a path that leaves it
+            raise ValueError(f"index.json names chunk {strange[0]!r}, not a file of {folder}")
+        self.files = [str(folder / name) for name in names]
         self.starts = list(itertools.accumulate((int(chunk["chunk_size"]) for chunk in chunks), initial=0))
         self._open: OrderedDict[int, int] = OrderedDict()  # chunk -> file descriptor, least recently used first
 
@@ -234,11 +238,14 @@ class OptimizedSplit:
         reader = self.reader  # opened in this process
         try:
             if self._chunks is not None:  # local: our reads, no LitData call, nothing drawn
-                item = self._loader.deserialize(self._chunks.item_bytes(index))
+                try:
+                    item = self._loader.deserialize(self._chunks.item_bytes(index))
+                except OSError as error:  # a chunk missing or cut short
+                    raise ValueError(str(error)) from None
             else:
                 with _python_random_kept():
                     item = reader[index]
-        except (struct.error, ValueError, KeyError, IndexError, TypeError) as error:  # a damaged chunk
+        except (struct.error, ValueError, KeyError, IndexError, TypeError, AttributeError, AssertionError) as error:
             raise UserError(f"{self.url}: item {index} cannot be decoded ({type(error).__name__}: {error}): "
                             "the optimized dataset is damaged; optimize it again") from None  # fmt: skip
         if not (isinstance(item, dict) and isinstance(item.get("image"), bytes | bytearray | memoryview)
@@ -286,17 +293,25 @@ class OptimizedSplit:
             key = hashlib.md5(self.url.encode()).hexdigest()[:12]
             lock = FileLock(Path(tempfile.gettempdir()) / f"imagenet_cls-{key}.lock") if self.remote else nullcontext()
             loader = PyTreeLoader()
-            with lock, _python_random_kept():
-                self._reader = StreamingDataset(
-                    self.url, cache_dir=self.cache_dir, storage_options=self.storage_options, item_loader=loader
-                )
-                len(self._reader)  # reads the index and sets the item loader up
+            try:
+                with lock, _python_random_kept():
+                    self._reader = StreamingDataset(
+                        self.url, cache_dir=self.cache_dir, storage_options=self.storage_options, item_loader=loader
+                    )
+                    len(self._reader)  # reads the index and sets the item loader up
+                chunks = None if self.remote else ChunkFiles(Path(self.url))
+            except Exception as error:  # LitData fails in many ways on a damaged index.json (fuzzed)
+                self._reader = None
+                raise UserError(
+                    f"{self.url}/index.json cannot be opened ({type(error).__name__}: {str(error)[:160]}): "
+                    "check the path or bucket, or optimize the dataset again"
+                ) from None
             self._loader = loader
             # A local split is read by us, two small reads per item: LitData memory-maps local chunks, and in
             # random order (training) a page fault reads ahead around it (the device's read-ahead, 8 MB on some
             # virtual disks) and it advises the kernel to read whole chunks (64 MB): a dataset larger than the page
             # cache is then read from disk many times over. Its reads from a bucket are byte ranges already.
-            self._chunks = None if self.remote else ChunkFiles(Path(self.url))
+            self._chunks = chunks
             self._reader_pid = os.getpid()
             # len() of LitData's dataset is this rank's share under DDP; its chunks hold the whole split.
             stored = sum(end - start for start, end in self._reader.region_of_interest)
