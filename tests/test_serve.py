@@ -1,0 +1,190 @@
+"""python cli.py serve: the tiny model behind HTTP, started as a subprocess on a free loopback port."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+from PIL import Image
+
+from imagenet_cls.cli import main
+from tests.conftest import FAST_TRAINER, NAMES, fit_args, make_class_folders
+from tests.serving import REPO, Server
+
+MAX_BODY = 200_000
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """The run folder of the tiny model fitted for one epoch (``best.ckpt`` in it)."""
+    root = tmp_path_factory.mktemp("fit")
+    for split, count in (("train", 8), ("val", 3)):
+        make_class_folders(root / "data" / split, per_class=count)
+    (root / "data" / "folder_num_class_map.txt").write_text(
+        "".join(f"{w} {i} {NAMES[w]}\n" for i, w in enumerate(sorted(NAMES)))
+    )
+    assert main(fit_args(root / "data", root / "run", "--trainer.max_epochs", "1", "--model.lr", "0.01")) == 0
+    assert (root / "run" / "best.ckpt").exists()
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    args = ["--ckpt_path", "best", "--root", str(trained), "--max_body_bytes", str(MAX_BODY), "--max_batch_size", "4"]
+    running = Server(args, log)
+    yield running
+    assert running.stop() == 0, log.read_text()[-2000:]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    return sorted(make_class_folders(tmp_path_factory.mktemp("images"), per_class=2).rglob("*.jpg"))
+
+
+def _multipart(paths: list[Path]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("image", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+
+
+def test_predict_gives_predict_probabilities_for_several_images(server, trained, images, tmp_path):
+    answer = requests.post(f"{server.url}/predict?top_k=3", files=_multipart(images), timeout=60)
+    assert answer.status_code == 200, answer.text
+    served = answer.json()["predictions"]
+    assert [p["image"] for p in served] == [p.name for p in images]
+    out = tmp_path / "out"
+    args = ["predict", "--ckpt_path", str(trained / "best.ckpt"), "--data.predict_path", str(images[0].parents[1])]
+    args += ["--data.num_workers", "0", "--writer.output_dir", str(out), "--writer.top_k", "3", "--writer.write_images"]
+    assert main([*args, "false", *FAST_TRAINER]) == 0
+    rows = pd.read_csv(out / "predictions.csv").set_index("path")
+    for path, prediction in zip(images, served):
+        row = rows.loc[str(path)]
+        for rank, top in enumerate(prediction["top_k"], start=1):
+            assert top["index"] == row[f"top{rank}_index"] and top["name"] == row[f"top{rank}_name"]
+            assert abs(top["probability"] - row[f"top{rank}_prob"]) < 2e-6, (path, rank)
+
+
+def test_raw_bytes_base64_json_and_multipart_agree(server, images):
+    data = images[0].read_bytes()
+    raw = requests.post(f"{server.url}/predict", data=data, headers={"Content-Type": "image/jpeg"}, timeout=60)
+    encoded = base64.b64encode(data).decode()
+    as_json = requests.post(f"{server.url}/predict", json={"images": [encoded, f"data:image/jpeg;base64,{encoded}"]})
+    form = requests.post(f"{server.url}/predict", files=_multipart(images[:1]), timeout=60)
+    tops = [raw.json()["predictions"][0], *as_json.json()["predictions"], form.json()["predictions"][0]]
+    assert len(tops) == 4 and all(t["top_k"] == tops[0]["top_k"] for t in tops)
+    assert len(tops[0]["top_k"]) == 3  # --top_k 5 capped at the model's 3 classes
+
+
+def test_annotated_image_is_the_writers_drawing(server, images):
+    answer = requests.post(f"{server.url}/predict?annotate=1", files=_multipart(images[:1]), timeout=60).json()
+    annotated = Image.open(io.BytesIO(base64.b64decode(answer["predictions"][0]["annotated_jpeg"])))
+    assert annotated.format == "JPEG" and annotated.size == (600, 600)  # 24x24 fitted within 800x600
+    top_left, centre = annotated.getpixel((2, 2)), annotated.getpixel((300, 400))
+    assert max(top_left) < 60 and max(centre) > 100  # the writer's dark label box over the coloured image
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels: Pillow refuses it before decoding anything."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    idat = b"IDAT" + zlib.compress(b"\x00" * 16)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+        + struct.pack(">I", len(idat) - 4) + idat + struct.pack(">I", zlib.crc32(idat))
+    )  # fmt: skip
+
+
+BAD_INPUTS = {
+    "not an image": (b"I am not a JPEG", "image/jpeg", 422, "cannot be decoded"),
+    "truncated": (None, "image/jpeg", 422, "truncated"),
+    "decompression bomb": (_png_header(40_000, 40_000), "image/png", 422, "exceeds"),
+    "over the body limit": (b"\xff" * (MAX_BODY + 1), "image/jpeg", 413, "--max_body_bytes"),
+    "wrong content type": (b"hello", "text/plain", 415, "Content-Type text/plain is not accepted"),
+    "bad base64": (b'{"image": "%%%"}', "application/json", 400, "not valid base64"),
+    "empty": (b"", "image/jpeg", 400, "empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gets_one_clear_4xx_and_the_server_keeps_serving(server, images, case):
+    body, content_type, status, words = BAD_INPUTS[case]
+    if body is None:
+        big = Image.new("RGB", (256, 256))
+        big.putdata([(x % 256, (x * 7) % 256, 90) for x in range(256 * 256)])
+        buffer = io.BytesIO()
+        big.save(buffer, "JPEG", quality=95)
+        body = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    answer = requests.post(f"{server.url}/predict", data=body, headers={"Content-Type": content_type}, timeout=60)
+    assert answer.status_code == status, answer.text
+    detail = answer.json()["detail"]
+    assert words in detail and "\n" not in detail and "Traceback" not in detail
+    assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
+    good = requests.post(f"{server.url}/predict", files=_multipart(images[:1]), timeout=60)
+    assert good.status_code == 200
+
+
+def test_a_bad_image_does_not_fail_the_requests_batched_with_it(server, images):
+    results = {}
+
+    def post(name: str, body: bytes) -> None:
+        answer = requests.post(f"{server.url}/predict", data=body, headers={"Content-Type": "image/jpeg"}, timeout=60)
+        results[name] = answer.status_code
+
+    threads = [threading.Thread(target=post, args=(f"good{i}", images[i].read_bytes())) for i in range(3)]
+    threads.append(threading.Thread(target=post, args=("bad", b"not an image")))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == {"good0": 200, "good1": 200, "good2": 200, "bad": 422}
+
+
+def test_health_info_docs_and_page(server):
+    assert requests.get(f"{server.url}/health", timeout=10).text == "ok"
+    info = requests.get(f"{server.url}/info", timeout=10).json()["model"]
+    assert info["model_name"] == "test_resnet" and info["class_names"] == ["red", "green", "blue"]
+    assert info["preprocessing"]["input_size"] == [3, 32, 32] and info["runtime"]["backend"] == "onnxruntime"
+    assert "/predict" in requests.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
+    assert requests.get(f"{server.url}/docs", timeout=10).status_code == 200
+    page = requests.get(f"{server.url}/", timeout=10)
+    assert page.headers["content-type"].startswith("text/html") and 'id="drop"' in page.text
+
+
+def test_sigterm_lets_the_request_in_flight_finish(trained, images, tmp_path):
+    # A batch waits up to --batch_timeout for more requests: a lone request stays in flight for 4 s.
+    server = Server(["--ckpt_path", "best", "--root", str(trained), "--batch_timeout", "4"], tmp_path / "serve.log")
+    answer = {}
+
+    def post() -> None:
+        data = images[0].read_bytes()
+        response = requests.post(f"{server.url}/predict", data=data, headers={"Content-Type": "image/jpeg"}, timeout=60)
+        answer["status"] = response.status_code
+
+    request = threading.Thread(target=post)
+    request.start()
+    time.sleep(1.5)
+    assert "status" not in answer  # still in flight
+    code = server.stop(timeout=60)
+    request.join(10)
+    assert answer.get("status") == 200, server.log.read_text()[-2000:]
+    assert code == 0, server.log.read_text()[-2000:]
+    assert "finishing the requests in flight" in server.log.read_text()
+
+
+def test_serve_errors_are_one_line(tmp_path):
+    run = [sys.executable, str(REPO / "cli.py"), "serve"]
+    result = subprocess.run(run, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and "serve needs exactly one model source" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = subprocess.run([*run, "--export", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "has no predict.yaml" in result.stderr and "Traceback" not in result.stderr
