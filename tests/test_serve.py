@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import signal
 import struct
 import subprocess
 import sys
@@ -17,9 +19,9 @@ import pytest
 import requests
 from PIL import Image
 
+from bench.serving import REPO, Server
 from imagenet_cls.cli import main
 from tests.conftest import FAST_TRAINER, NAMES, fit_args, make_class_folders
-from tests.serving import REPO, Server
 
 MAX_BODY = 200_000
 
@@ -160,7 +162,9 @@ def test_health_info_docs_and_page(server):
     assert page.headers["content-type"].startswith("text/html") and 'id="drop"' in page.text
 
 
-def test_sigterm_lets_the_request_in_flight_finish(trained, images, tmp_path):
+@pytest.mark.parametrize("to", ["process", "group"])
+def test_sigterm_lets_the_request_in_flight_finish(trained, images, tmp_path, to):
+    """SIGTERM to the server's process (docker stop, kill PID) or to its whole group (timeout, SLURM)."""
     # A batch waits up to --batch_timeout for more requests: a lone request stays in flight for 4 s.
     server = Server(["--ckpt_path", "best", "--root", str(trained), "--batch_timeout", "4"], tmp_path / "serve.log")
     answer = {}
@@ -174,6 +178,8 @@ def test_sigterm_lets_the_request_in_flight_finish(trained, images, tmp_path):
     request.start()
     time.sleep(1.5)
     assert "status" not in answer  # still in flight
+    if to == "group":
+        os.killpg(server.process.pid, signal.SIGTERM)
     code = server.stop(timeout=60)
     request.join(10)
     assert answer.get("status") == 200, server.log.read_text()[-2000:]
@@ -188,3 +194,54 @@ def test_serve_errors_are_one_line(tmp_path):
     assert "Traceback" not in result.stderr
     result = subprocess.run([*run, "--export", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "has no predict.yaml" in result.stderr and "Traceback" not in result.stderr
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DROP_FILE = """([name, type, b64]) => {
+    const data = new DataTransfer();
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    data.items.add(new File([bytes], name, { type }));
+    return data;
+}"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: `make browser` installs Debian's chromium")
+def test_page_in_headless_chromium_shows_labels_and_the_annotated_image(server, images, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
+    expected = requests.post(f"{server.url}/predict", files=_multipart(images[:1]), timeout=60).json()
+    expected_names = [c["name"] for c in expected["predictions"][0]["top_k"]]
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/", timeout=30_000)
+            page.wait_for_function("document.getElementById('model').textContent.includes('test_resnet')")
+
+            def drop(name: str, content_type: str, data: bytes) -> None:
+                transfer = page.evaluate_handle(DROP_FILE, [name, content_type, base64.b64encode(data).decode()])
+                page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+
+            drop(images[0].name, "image/jpeg", images[0].read_bytes())
+            page.wait_for_selector("#annotated:not([hidden])", timeout=60_000)
+            labels = page.locator("#labels li").all_inner_texts()
+            assert [label.rsplit(" (", 1)[0] for label in labels] == expected_names
+            assert page.evaluate("document.getElementById('annotated').naturalWidth") == 600  # a decoded JPEG
+            page.screenshot(path=str(tmp_path / "page.png"))
+            drop("notes.jpg", "image/jpeg", b"not an image")
+            page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=60_000)
+            assert "notes.jpg (image 1 of the request) cannot be decoded" in page.inner_text("#error")
+            assert page.locator("#labels li").count() == 0
+        finally:
+            browser.close()
+    assert (tmp_path / "page.png").stat().st_size > 1000

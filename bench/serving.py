@@ -1,4 +1,7 @@
-"""Starting ``python cli.py serve`` as a subprocess on a free loopback port, waiting for it and stopping it."""
+"""Starting ``python cli.py serve`` as a subprocess on a free loopback port, waiting for it, measuring and stopping it.
+
+Used by the tests (tests/test_serve.py) and the serving benchmark (bench/serve.py).
+"""
 
 from __future__ import annotations
 
@@ -24,11 +27,11 @@ def free_port() -> int:
 class Server:
     """``python cli.py serve ARGS --port FREE`` in its own process group, stdout and stderr in ``log``."""
 
-    def __init__(self, args: list[str], log: Path, start_timeout: float = 180.0) -> None:
+    def __init__(self, args: list[str], log: Path, start_timeout: float = 180.0, env: dict | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", **(env or {})}
         with open(log, "wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, str(REPO / "cli.py"), "serve", *args, "--port", str(self.port)],
@@ -64,3 +67,26 @@ class Server:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
         return self.process.returncode
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server and every process under it (HTTP servers, workers, queue manager), MB."""
+        parents: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(stat.parent.name)] = int(fields[1])
+        tree, grown = {self.process.pid}, True
+        while grown:
+            children = {pid for pid, parent in parents.items() if parent in tree} - tree
+            tree |= children
+            grown = bool(children)
+        total_kb = 0
+        for pid in tree:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue
+            total_kb += next((int(line.split()[1]) for line in status if line.startswith("VmRSS")), 0)
+        return total_kb / 1024
