@@ -70,15 +70,14 @@ def run(images: int = 256, soak: float = 120.0, max_batch_size: int = 32) -> lis
     paths = sorted(folder.rglob("*.JPEG"))
     payloads = [p.read_bytes() for p in paths]
     env = {"XDG_CACHE_HOME": str(WORK / "cache")}  # the ONNX graph cache of this run (shared with bench.predict)
-    offline = (
-        images
-        / _ours(_predict_args(folder, WORK / "serve_offline", extra=("--writer.write_images", "false")))["seconds"]
-    )
     config = str(REPO / "config" / "efficientnet_lite0.yaml")
     args = ["--config", config, "--max_batch_size", str(max_batch_size), "--batch_timeout", "0.01"]
-    server = Server(args, WORK / "serve.log", env=env)
+    server = Server(args, WORK / "serve.log", env=env)  # exports the graph predict then finds in the cache
     results = []
     try:
+        # The server idles meanwhile (its worker waits on a queue).
+        offline_args = _predict_args(folder, WORK / "serve_offline", extra=("--writer.write_images", "false"))
+        offline = images / _ours(offline_args)["seconds"]
         _load(server.url, payloads, 4, 16)  # warm-up: first batches, allocator
         for concurrency in CONCURRENCY:
             count = max(images, 4 * concurrency)
@@ -111,7 +110,8 @@ def run(images: int = 256, soak: float = 120.0, max_batch_size: int = 32) -> lis
                 "MB",
                 higher_is_better=False,
                 note=f"{soak:.0f} s at concurrency 8, {len(samples)} samples of the process tree; RSS after warm-up "
-                f"{settled[0]:.0f} MB, peak {max(samples):.0f} MB, end {samples[-1]:.0f} MB",
+                f"{settled[0]:.0f} MB, peak {max(samples):.0f} MB, end {samples[-1]:.0f} MB (a sum over processes: "
+                "pages they share are counted in each)",
             )
         )
     finally:
