@@ -151,6 +151,23 @@ def test_a_bad_image_does_not_fail_the_requests_batched_with_it(server, images):
     assert results == {"good0": 200, "good1": 200, "good2": 200, "bad": 422}
 
 
+def test_an_exported_folder_serves_its_onnx_file_with_the_checkpoints_numbers(server, trained, images, tmp_path):
+    from imagenet_cls.export import main as export_main
+
+    assert export_main([str(trained / "best.ckpt"), str(tmp_path / "exported")]) == 0
+    exported = Server(["--export", str(tmp_path / "exported")], tmp_path / "serve.log")
+    try:
+        info = requests.get(f"{exported.url}/info", timeout=10).json()["model"]
+        answer = requests.post(f"{exported.url}/predict", files=_multipart(images), timeout=60)
+    finally:
+        assert exported.stop() == 0
+    assert info["runtime"] == {"backend": "onnxruntime", "onnx": "model.onnx"} and info["class_names"][0] == "red"
+    expected = requests.post(f"{server.url}/predict", files=_multipart(images), timeout=60).json()["predictions"]
+    for got, want in zip(answer.json()["predictions"], expected, strict=True):
+        assert [c["index"] for c in got["top_k"]] == [c["index"] for c in want["top_k"]]
+        assert max(abs(a["probability"] - b["probability"]) for a, b in zip(got["top_k"], want["top_k"])) < 1e-5
+
+
 def test_health_info_docs_and_page(server):
     assert requests.get(f"{server.url}/health", timeout=10).text == "ok"
     info = requests.get(f"{server.url}/info", timeout=10).json()["model"]

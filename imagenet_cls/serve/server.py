@@ -82,6 +82,7 @@ def serve(
         raise UserError(f"--port {port} must be from 1024 to 65535")
     if batch_timeout >= timeout:
         raise UserError(f"--batch_timeout {batch_timeout} must be shorter than --timeout {timeout}")
+    runtime = _runtime_for(accelerator, runtime)
     source, model = resolve_source(ckpt_path, export, config, root, runtime, onnx_file)
     info = describe(source, model)
     del model  # the workers load their own
@@ -120,6 +121,17 @@ def serve(
         signal.signal(signal.SIGTERM, previous)
     log.info("server stopped")
     return 0
+
+
+def _runtime_for(accelerator: str, runtime: ServeRuntime) -> ServeRuntime:
+    """ONNX Runtime serves on the CPU; on a GPU the eager network runs (``auto``), as predict does."""
+    import torch
+
+    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
+        return runtime
+    if runtime == "onnxruntime":
+        raise UserError(f"--runtime onnxruntime runs on the CPU: add --accelerator cpu (not {accelerator})")
+    return "torch"
 
 
 def _finish_in_flight_then_stop(main_pid: int, grace: float):
