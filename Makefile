@@ -13,7 +13,7 @@ ARGS   ?=
 SCALE  ?= 0.01,0.1,1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train evaluate predict serve dataset test test-slow test-all lint format bench browser scale clean
+.PHONY: help install demo train evaluate predict serve dataset test test-slow test-all lint format bench browser scale docs docs-serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -70,6 +70,12 @@ browser: ## install Debian's chromium for the page's headless test (tests/test_s
 scale: $(STAMP) ## ImageNet's size simulated in /tmp (tiny JPEGs, hard links); writes bench/scale.json: make scale SCALE=0.01
 	$(PY) -m bench.scale --scale $(SCALE)
 
+docs: $(STAMP) ## build the documentation site into site/ (MkDocs, strict: a broken link or page fails)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: $(STAMP) ## serve the documentation on 127.0.0.1:8000, rebuilt on every change
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --dev-addr 127.0.0.1:8000
+
 clean: ## remove run outputs and caches (keeps .venv and dataset/)
-	rm -rf runs wandb lightning_logs .pytest_cache .ruff_cache bench/results.json bench/_work
+	rm -rf runs wandb lightning_logs site .pytest_cache .ruff_cache bench/results.json bench/_work
 	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +
