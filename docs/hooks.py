@@ -31,6 +31,7 @@ COMMANDS = [
     ("predict", "predict", ["cli.py", "predict", "--help"]),
     ("prepare", "prepare", ["-m", "imagenet_cls.prepare", "--help"]),
     ("export", "export", ["-m", "imagenet_cls.export", "--help"]),
+    ("serve", "serve", ["cli.py", "serve", "--help"]),
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,14 @@ def _preview(classes: list[str]) -> str:
 def main(args: list[str] | None = None) -> int:
     """Run the CLI; a user mistake prints one ``error:`` line and returns 2 instead of a traceback."""
     configure_logging()
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["serve"]:  # not a LightningCLI subcommand: a parser of its own (cli.py serve --help)
+        from imagenet_cls.cli.serve_command import serve_main
+
+        try:
+            return serve_main(argv[1:])
+        except UserError as error:
+            return report_user_error(error)
     advice = FailureAdvice()
     try:
         ImageNetCLI(args=args, failure_advice=advice)
