@@ -1,4 +1,4 @@
-"""Entry point: ``python cli.py {fit,validate,test,predict} ...`` (see ``python cli.py --help``)."""
+"""Entry point: ``python cli.py {fit,validate,test,predict,serve} ...`` (see ``python cli.py --help``)."""
 
 import sys
 

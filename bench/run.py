@@ -19,8 +19,9 @@ BENCHMARKS = [
     "bench.memory",
     "bench.finetune",
     "bench.streaming",
+    "bench.serve",
 ]
-NEEDS_SAMPLE = {"bench.pipeline", "bench.predict", "bench.pretrained"}
+NEEDS_SAMPLE = {"bench.pipeline", "bench.predict", "bench.pretrained", "bench.serve"}
 
 
 def main() -> int:

@@ -30,6 +30,7 @@ import yaml
 
 from imagenet_cls.errors import UserError, ignore_file_size_signal, report_disk_full, report_user_error
 from imagenet_cls.model.inference import plain
+from imagenet_cls.runs.checkpoints import find_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -301,16 +302,21 @@ def _run_config(checkpoint: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Command line of ``python -m imagenet_cls.export``."""
     parser = argparse.ArgumentParser(prog="python -m imagenet_cls.export", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path, help="a .ckpt written by fit")
+    parser.add_argument(
+        "checkpoint", type=Path, help="a .ckpt written by fit, or best / last: the newest one under --root"
+    )
     parser.add_argument("out_dir", type=Path, help="the folder to write")
     parser.add_argument("--report", type=Path, default=None, help="the summary.json whose metrics the card shows")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="leave model.onnx out")
+    parser.add_argument("--root", type=Path, default=Path("."), help="where best / last are looked for (fit's root)")
     args = parser.parse_args(argv)
     ours = logging.getLogger("imagenet_cls")
     ours.setLevel(logging.INFO)
     ours.addHandler(logging.StreamHandler())
     ignore_file_size_signal()
     try:
+        if str(args.checkpoint) in ("best", "last"):
+            args.checkpoint = find_checkpoint(str(args.checkpoint), args.root)
         out = export(args.checkpoint, args.out_dir, report=args.report, onnx=args.onnx)
     except UserError as error:
         return report_user_error(error)

@@ -13,6 +13,25 @@ def display_name(name: str) -> str:
     return name.replace("_", " ")
 
 
+def prediction_lines(
+    top: list[tuple[int, float]], class_names: list[str], label: str, draw_top_k: int = 1
+) -> list[str]:
+    """The lines drawn on a predicted image: the top class with ``label`` (its name, or ``unknown``), then the rest.
+
+    Args:
+        top: ``(class index, probability)`` pairs, best first.
+        class_names: The model's class names, by index.
+        label: What to call the top class.
+        draw_top_k: How many of ``top`` to draw.
+    """
+    index, prob = top[0]
+    lines = [f'Predicted class: "{index}", Predicted label: "{display_name(label)}" ({prob:.1%})']
+    lines += [
+        f"{rank}. {display_name(class_names[i])} ({p:.1%})" for rank, (i, p) in enumerate(top[1:draw_top_k], start=2)
+    ]
+    return lines
+
+
 def annotate(image_rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     """Return a BGR copy of ``image_rgb`` (H, W, 3 uint8) with ``lines`` drawn top-left on a dark box."""
     import cv2

@@ -14,8 +14,7 @@ loops. No checkpoint is written from non-finite weights (:func:`first_nonfinite`
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io import CheckpointIO
-from torch.utils.data import DistributedSampler
 
 from imagenet_cls.data.sampling import ResumableSampler, random_state_kept, sample_seed, seeded  # noqa: F401 (old paths)
 from imagenet_cls.errors import UserError

@@ -199,15 +199,9 @@ class PredictionWriter(BasePredictionWriter):
     def _write_image(self, relative: str, display, top: list[tuple[int, float]], heat: np.ndarray | None = None) -> str:
         import cv2
 
-        from imagenet_cls.callbacks.annotate import display_name
+        from imagenet_cls.callbacks.annotate import prediction_lines
 
-        index, prob = top[0]
-        label = display_name(self._label(index, prob))
-        lines = [f'Predicted class: "{index}", Predicted label: "{label}" ({prob:.1%})']
-        lines += [
-            f"{rank}. {display_name(self.class_names[i])} ({p:.1%})"
-            for rank, (i, p) in enumerate(top[1 : self.draw_top_k], start=2)
-        ]
+        lines = prediction_lines(top, self.class_names, self._label(*top[0]), self.draw_top_k)
         if heat is not None:  # over the model's centre crop of the displayed image
             from imagenet_cls.callbacks.cam import crop_box, overlay_in_box
 

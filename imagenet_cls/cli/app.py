@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from imagenet_cls.cli.wandb_setup import wandb_offline_without_key
 from imagenet_cls.data.datamodule import ImageNetDataModule, scan_data_dir
 from imagenet_cls.data.layout import DatasetLayout
 from imagenet_cls.data.secrets import redact_config
-from imagenet_cls.errors import MissingPathError, UserError, report_user_error
+from imagenet_cls.errors import MissingPathError, UserError, disk_full, ignore_file_size_signal, report_user_error
 from imagenet_cls.model.module import LOGGED_METRICS, ClassificationModel
 from imagenet_cls.runs.checkpoints import BestCheckpointLink, find_checkpoint, load_checkpoint
 from imagenet_cls.runs.folders import RunFolder, run_folder, timestamp
@@ -74,8 +75,7 @@ class ImageNetCLI(SubcommandArgumentsCLI):
             seed_everything_default=42,
             auto_configure_optimizers=False,  # the model's own configure_optimizers is the one place for that
             parser_kwargs={"default_env": False},
-            # Present whatever callbacks the YAML lists: run folder, best.ckpt, naming a lost DDP peer, failure advice.
-            trainer_defaults={
+            trainer_defaults={  # present whatever callbacks the YAML lists (run folder, best.ckpt, lost DDP peer ...)
                 "callbacks": [RunFolder(), BestCheckpointLink(), PeerWatch(), failure_advice or FailureAdvice()]
             },
             args=args,
@@ -294,21 +294,25 @@ def _preview(classes: list[str]) -> str:
 
 def main(args: list[str] | None = None) -> int:
     """Run the CLI; a user mistake prints one ``error:`` line and returns 2 instead of a traceback."""
-    from imagenet_cls.errors import ignore_file_size_signal, report_disk_full
-
     configure_logging()
     ignore_file_size_signal()
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["serve"]:  # not a LightningCLI subcommand: a parser of its own (cli.py serve --help)
+        from imagenet_cls.cli.serve_command import serve_main
+
+        try:
+            return serve_main(argv[1:])
+        except UserError as error:
+            return report_user_error(error)
     advice = FailureAdvice()
     try:
         ImageNetCLI(args=args, failure_advice=advice)
     except UserError as error:
         return report_user_error(error)
-    except (RuntimeError, OSError) as error:
-        if advice.advice is not None:
-            return report_user_error(UserError(advice.advice))
-        if isinstance(error, OSError):
-            return report_disk_full(error)  # a full disk is one line; other OSErrors are raised again
-        raise
+    except (RuntimeError, OSError) as error:  # out of memory, a lost DDP process, a full disk: one line
+        if advice.advice is None and disk_full(error) is None:
+            raise
+        return report_user_error(UserError(advice.advice) if advice.advice else disk_full(error))
     except SystemExit as exit_:
         if exit_.code in SIGNAL_EXIT_CODES:  # saved and exiting for a signal: a later SIGTERM to the job is moot
             for signum in (signal.SIGTERM, signal.SIGINT):  # (Lightning's teardown put the default handlers back)

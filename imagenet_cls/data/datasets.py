@@ -156,12 +156,18 @@ class PredictDataset(Dataset):
         return ImageFile(self.paths[index])
 
     def _decode(self, image: ImageFile) -> tuple[torch.Tensor, np.ndarray]:
-        """The model input and the display copy from one decode, as small as both allow."""
-        display_scale = min(self.display_size[0] / image.width, self.display_size[1] / image.height)
-        limit = min(self.transform.decode_limit(image.height, image.width), 1 / display_scale)
-        pixels = image.decode(image.reduction(limit))
-        model_input = self.transform.from_pixels(pixels, image.height, image.width)
-        return model_input, fit_within(pixels.permute(1, 2, 0).numpy(), self.display_size)
+        return decode_for_predict(image, self.transform, self.display_size)
+
+
+def decode_for_predict(
+    image: ImageFile, transform: EvalTransform, display_size: tuple[int, int]
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The model input and the display copy from one decode, as small as both allow (predict and serve)."""
+    display_scale = min(display_size[0] / image.width, display_size[1] / image.height)
+    limit = min(transform.decode_limit(image.height, image.width), 1 / display_scale)
+    pixels = image.decode(image.reduction(limit))
+    model_input = transform.from_pixels(pixels, image.height, image.width)
+    return model_input, fit_within(pixels.permute(1, 2, 0).numpy(), display_size)
 
 
 def fit_within(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -1,11 +1,16 @@
-"""Batch augmentation (random erasing, mixup/cutmix: timm's, on the device) and the training loss."""
+"""Batch augmentation (random erasing, mixup/cutmix: timm's, on the device), the training loss and its guard."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from imagenet_cls.errors import UserError
+
+log = logging.getLogger(__name__)
 
 TrainingLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -63,3 +68,20 @@ def create_training_loss(kind: str, label_smoothing: float, bce_target_threshold
         return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
 
     return cross_entropy
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite."""
+
+
+def finite_or_skipped(loss: torch.Tensor, policy: str, step: int, epoch: int) -> bool:
+    """True for a finite loss; for a non-finite one, False under the ``skip`` policy (logged), else an error."""
+    if torch.isfinite(loss):
+        return True
+    if policy == "skip":
+        log.warning("non-finite training loss at step %d (epoch %d): update skipped", step, epoch)
+        return False
+    raise TrainingDiverged(
+        f"training loss is {loss.item()} at step {step} (epoch {epoch}): "
+        "lower --model.lr, add --trainer.gradient_clip_val, or --model.nonfinite_loss skip"
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Literal
 
 import torch
@@ -13,28 +12,28 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from imagenet_cls.data.batches import LabeledBatch, PredictBatch
-from imagenet_cls.errors import UserError
-from imagenet_cls.model.augment import create_mixup, create_random_erasing, create_training_loss, mixup_active
+from imagenet_cls.model.augment import (
+    TrainingDiverged,  # noqa: F401 (its old import path)
+    create_mixup,
+    create_random_erasing,
+    create_training_loss,
+    finite_or_skipped,
+    mixup_active,
+)
 from imagenet_cls.model.backbones import classifier_module, create_backbone, resolve_data_config
 from imagenet_cls.model.inference import PredictBackend, Predictor, PredictPrecision, create_predictor
-from imagenet_cls.model.optim import Schedule, create_optimizer, lr_schedule, parameter_groups, scale_lr
+from imagenet_cls.model.optim import Schedule, create_optimization
 
 log = logging.getLogger(__name__)
 
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
 
 # Every metric the model logs; callbacks may only monitor these (checked by the CLI).
+EVALUATED_METRICS = ("loss", "acc", "acc5", "images")  # per stage: val_acc, test_images, ...
 LOGGED_METRICS = (
     "train_loss",
     "train_acc",
-    "val_loss",
-    "val_acc",
-    "val_acc5",
-    "val_images",
-    "test_loss",
-    "test_acc",
-    "test_acc5",
-    "test_images",
+    *(f"{stage}_{name}" for stage in ("val", "test") for name in EVALUATED_METRICS),
 )
 
 
@@ -240,18 +239,8 @@ class ClassificationModel(LightningModule):
             images, targets = self.mixup(images if images.is_floating_point() else self.normalize(images), targets)
         logits = self(images)
         loss = self.train_loss(logits.float(), targets)
-        if not torch.isfinite(loss):
-            if self.hparams.nonfinite_loss == "skip":
-                log.warning(
-                    "non-finite training loss at step %d (epoch %d): update skipped",
-                    self.global_step,
-                    self.current_epoch,
-                )
-                return None  # Lightning skips the optimizer step
-            raise TrainingDiverged(
-                f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}): "
-                "lower --model.lr, add --trainer.gradient_clip_val, or --model.nonfinite_loss skip"
-            )
+        if not finite_or_skipped(loss, self.hparams.nonfinite_loss, self.global_step, self.current_epoch):
+            return None  # skipped: Lightning makes no optimizer step
         self.train_acc(logits, labels)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -338,62 +327,23 @@ class ClassificationModel(LightningModule):
                 parameter.requires_grad_(not frozen)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        groups = parameter_groups(
-            self.backbone, self._head_parameters(), hp.weight_decay, hp.backbone_lr_scale, hp.layer_decay
-        )
-        lr = scale_lr(hp.lr, self._global_batch_size(), hp.lr_base_batch_size, hp.lr_scaling)
-        if lr != hp.lr:
-            log.info(
-                "learning rate %g for %d images per step (%g per %d)",
-                lr,
-                self._global_batch_size(),
-                hp.lr,
-                hp.lr_base_batch_size,
-            )
-        optimizer = create_optimizer(groups, hp.optimizer, lr, hp.weight_decay, hp.momentum)
-        total = self._total_steps()
-        epochs = self.trainer.max_epochs
-        steps_per_epoch = total / epochs if epochs and epochs > 0 and math.isfinite(total) else math.inf
-        schedule = lr_schedule(
-            hp.scheduler,
-            warmup_steps=self._warmup_steps(),
-            total_steps=total,
-            steps_per_epoch=steps_per_epoch,
-            min_ratio=hp.min_lr / lr,
-            start_ratio=hp.warmup_lr_ratio,
-            decay_rate=hp.decay_rate,
-            step_epochs=hp.step_epochs,
-            milestones=hp.milestones or (),
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _global_batch_size(self) -> int:
-        """Images per optimizer step over all devices (batch size x devices x gradient accumulation)."""
-        datamodule = getattr(self.trainer, "datamodule", None)
+        trainer = self.trainer
+        datamodule = getattr(trainer, "datamodule", None)
         batch_size = getattr(datamodule, "batch_size", None)
-        if batch_size is None:
-            return self.hparams.lr_base_batch_size or 1
-        world = getattr(self.trainer, "world_size", 1)
-        accumulate = getattr(self.trainer, "accumulate_grad_batches", 1)
-        return batch_size * world * accumulate
+        global_batch = None
+        if batch_size is not None:  # images per optimizer step over all devices
+            global_batch = (
+                batch_size * getattr(trainer, "world_size", 1) * getattr(trainer, "accumulate_grad_batches", 1)
+            )
+        return create_optimization(
+            self.backbone,
+            self._head_parameters(),
+            self.hparams,
+            global_batch_size=global_batch,
+            total_steps=trainer.estimated_stepping_batches,
+            max_epochs=trainer.max_epochs,
+        )
 
     def _head_parameters(self) -> list[torch.nn.Parameter]:
         head = classifier_module(self.backbone)
         return list(head.parameters()) if head is not None else []
-
-    def _total_steps(self) -> float:
-        steps = self.trainer.estimated_stepping_batches
-        return float(steps) if math.isfinite(steps) else math.inf
-
-    def _warmup_steps(self) -> int:
-        epochs = self.trainer.max_epochs
-        total = self._total_steps()
-        if not self.hparams.warmup_epochs or not epochs or epochs < 0 or not math.isfinite(total):
-            return 0
-        return int(round(self.hparams.warmup_epochs * total / epochs))
-
-
-class TrainingDiverged(UserError):
-    """The training loss became NaN or infinite."""

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import bisect
+import logging
 import math
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from imagenet_cls.errors import UserError
+
+log = logging.getLogger(__name__)
 
 Schedule = Literal["cosine", "step", "multistep", "constant"]
 
@@ -104,3 +107,47 @@ def lr_schedule(
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
+
+
+def create_optimization(
+    backbone: nn.Module,
+    head: Sequence[nn.Parameter],
+    hparams: Mapping[str, Any],
+    *,
+    global_batch_size: int | None,
+    total_steps: float,
+    max_epochs: int | None,
+) -> dict[str, Any]:
+    """Lightning's ``configure_optimizers`` answer: the optimizer and a learning-rate schedule stepped every step.
+
+    Args:
+        backbone: The network; its norm and bias parameters get no weight decay.
+        head: The classifier's parameters (``backbone_lr_scale`` applies to everything else).
+        hparams: The model's hyper-parameters (``lr``, ``optimizer``, ``scheduler``, ``warmup_epochs`` ...).
+        global_batch_size: Images per optimizer step over all devices; None: ``lr`` is used as given.
+        total_steps: Optimizer steps of the whole run (``inf`` when unknown: no schedule length).
+        max_epochs: Epochs of the run (to turn epochs into steps), None or -1 when unbounded.
+    """
+    hp = hparams
+    batch = global_batch_size if global_batch_size is not None else (hp["lr_base_batch_size"] or 1)
+    groups = parameter_groups(backbone, head, hp["weight_decay"], hp["backbone_lr_scale"], hp["layer_decay"])
+    lr = scale_lr(hp["lr"], batch, hp["lr_base_batch_size"], hp["lr_scaling"])
+    if lr != hp["lr"]:
+        log.info("learning rate %g for %d images per step (%g per %d)", lr, batch, hp["lr"], hp["lr_base_batch_size"])
+    optimizer = create_optimizer(groups, hp["optimizer"], lr, hp["weight_decay"], hp["momentum"])
+    total = float(total_steps) if math.isfinite(total_steps) else math.inf
+    bounded = bool(max_epochs) and max_epochs > 0 and math.isfinite(total)
+    warmup = int(round(hp["warmup_epochs"] * total / max_epochs)) if bounded and hp["warmup_epochs"] else 0
+    schedule = lr_schedule(
+        hp["scheduler"],
+        warmup_steps=warmup,
+        total_steps=total,
+        steps_per_epoch=total / max_epochs if bounded else math.inf,
+        min_ratio=hp["min_lr"] / lr,
+        start_ratio=hp["warmup_lr_ratio"],
+        decay_rate=hp["decay_rate"],
+        step_epochs=hp["step_epochs"],
+        milestones=hp["milestones"] or (),
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
