@@ -110,8 +110,8 @@ class PredictDataset(Dataset):
 
     Item ``i`` is a dict with the model input ``image``, its ``index``, the file ``path``, its output path
     ``relative`` to the run's image folder (mirroring the tree under ``root``), a ``display`` copy
-    (RGB uint8 array scaled to fit within ``display_size``, for the annotated output) and ``error`` ("" when the
-    file decoded). A file that cannot be decoded yields a zero image and its error, so one bad file does not stop the
+    (RGB uint8 array scaled to fit within ``display_size``, for the annotated output; None when ``display_size`` is
+    None: no annotated images are written, so none is made) and ``error`` ("" when the file decoded). A file that cannot be decoded yields a zero image and its error, so one bad file does not stop the
     run.
     """
 
@@ -120,7 +120,7 @@ class PredictDataset(Dataset):
         paths: list[str],
         root: Path,
         transform: EvalTransform,
-        display_size: tuple[int, int],
+        display_size: tuple[int, int] | None,
         timeout: float | None = None,
     ) -> None:
         self.timeout = timeout
@@ -155,8 +155,11 @@ class PredictDataset(Dataset):
         """Item ``index``'s image, read but not decoded."""
         return ImageFile(self.paths[index])
 
-    def _decode(self, image: ImageFile) -> tuple[torch.Tensor, np.ndarray]:
+    def _decode(self, image: ImageFile) -> tuple[torch.Tensor, np.ndarray | None]:
         """The model input and the display copy from one decode, as small as both allow."""
+        if self.display_size is None:  # CSV only: decode as small as the model input allows, no display copy
+            pixels = image.decode(image.reduction(self.transform.decode_limit(image.height, image.width)))
+            return self.transform.from_pixels(pixels, image.height, image.width), None
         display_scale = min(self.display_size[0] / image.width, self.display_size[1] / image.height)
         limit = min(self.transform.decode_limit(image.height, image.width), 1 / display_scale)
         pixels = image.decode(image.reduction(limit))
