@@ -111,8 +111,8 @@ class PredictDataset(Dataset):
     Item ``i`` is a dict with the model input ``image``, its ``index``, the file ``path``, its output path
     ``relative`` to the run's image folder (mirroring the tree under ``root``), a ``display`` copy
     (RGB uint8 array scaled to fit within ``display_size``, for the annotated output; None when ``display_size`` is
-    None: no annotated images are written, so none is made) and ``error`` ("" when the file decoded). A file that cannot be decoded yields a zero image and its error, so one bad file does not stop the
-    run.
+    None: no annotated images are written, so none is made) and ``error`` ("" when the file decoded). A file that
+    cannot be decoded yields a zero image and its error, so one bad file does not stop the run.
     """
 
     def __init__(
