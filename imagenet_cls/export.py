@@ -8,6 +8,9 @@
 - ``model.safetensors``: the network's state dict (tensors only, nothing that runs code);
 - ``model.onnx``: the same network for ONNX Runtime, batch size dynamic, classes and preprocessing in its
   metadata, checked against PyTorch when written;
+- ``model_int8.onnx`` (with ``--quantize int8``): ONNX Runtime static quantization (QDQ, per-channel int8
+  weights), calibrated on ``--calibration-images`` images of ``--calibration-split`` and checked against
+  ``model.onnx`` on other images of that split (top-1 cost printed, in the model card and in the file's metadata);
 - ``README.md``: a model card (metrics from the run's evaluation report, data, configuration, preprocessing,
   how to load it);
 - ``predict.yaml``: ``python cli.py predict --config OUT_DIR/predict.yaml --data.predict_path photos/``
@@ -22,11 +25,12 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from imagenet_cls.errors import UserError, report_user_error
+from imagenet_cls.export_int8 import Calibration, int8_card, write_int8
 from imagenet_cls.model.inference import plain
 
 log = logging.getLogger(__name__)
@@ -63,7 +67,14 @@ RECIPE_HPARAMS = (
 )
 
 
-def export(checkpoint: Path, out_dir: Path, report: Path | None = None, onnx: bool = True) -> Path:
+def export(
+    checkpoint: Path,
+    out_dir: Path,
+    report: Path | None = None,
+    onnx: bool = True,
+    quantize: Literal["int8"] | None = None,
+    calibration: Calibration | None = None,
+) -> Path:
     """Write the exported folder for ``checkpoint`` into ``out_dir``; returns ``out_dir``.
 
     Args:
@@ -72,6 +83,8 @@ def export(checkpoint: Path, out_dir: Path, report: Path | None = None, onnx: bo
         report: The evaluation report's ``summary.json`` whose metrics the model card shows; default: the
             newest ``report/*/summary.json`` of the checkpoint's run folder, when there is one.
         onnx: Also write ``model.onnx`` (needs ``onnx``, ``onnxscript`` and ``onnxruntime`` for the check).
+        quantize: ``int8``: also write ``model_int8.onnx`` (needs ``onnx``).
+        calibration: The images int8 is calibrated and checked on; default: 256 and 256 of the run's train split.
 
     Raises:
         UserError: the checkpoint is missing or was not written by this tool, or the ONNX graph disagrees with
@@ -92,12 +105,18 @@ def export(checkpoint: Path, out_dir: Path, report: Path | None = None, onnx: bo
     kept = {k: plain(hparams[k]) for k in KEPT_HPARAMS if k in hparams}
     predict = {"model": {**kept, "pretrained": str(out_dir.resolve())}, "data": {"mode": "predict"}}
     (out_dir / "predict.yaml").write_text(yaml.safe_dump({**predict, "trainer": {"logger": False}}, sort_keys=False))
-    onnx_check = None
+    onnx_check = int8 = None
+    if quantize and not onnx:
+        raise UserError("--quantize int8 quantizes model.onnx: drop --no-onnx")
     if onnx:
         onnx_check = write_onnx(model, out_dir / "model.onnx")
     summaries = _summaries(checkpoint, report)
     run_config = _run_config(checkpoint)
+    if quantize == "int8":
+        int8 = write_int8(model, out_dir, calibration or Calibration(), (run_config.get("data") or {}).get("data_dir"))
     card = model_card(hparams, model.data_config, checkpoint, saved, summaries, run_config, out_dir, onnx_check)
+    if int8 is not None:
+        card += int8_card(int8, out_dir)
     (out_dir / "README.md").write_text(card)
     return out_dir
 
@@ -290,12 +309,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path, help="the folder to write")
     parser.add_argument("--report", type=Path, default=None, help="the summary.json whose metrics the card shows")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="leave model.onnx out")
+    parser.add_argument("--quantize", choices=["int8"], default=None, help="also write model_int8.onnx")
+    parser.add_argument(
+        "--calibration-data", type=Path, default=None, help="int8: the data folder (default: the run's data_dir)"
+    )
+    parser.add_argument("--calibration-split", default="train", help="int8: the split calibrated and checked on")
+    parser.add_argument("--calibration-images", type=int, default=256, help="int8: images that set the scales")
+    parser.add_argument("--held-out-images", type=int, default=256, help="int8: other images the cost is measured on")
     args = parser.parse_args(argv)
     ours = logging.getLogger("imagenet_cls")
     ours.setLevel(logging.INFO)
     ours.addHandler(logging.StreamHandler())
     try:
-        out = export(args.checkpoint, args.out_dir, report=args.report, onnx=args.onnx)
+        calibration = Calibration(
+            args.calibration_data, args.calibration_split, args.calibration_images, args.held_out_images
+        )
+        out = export(args.checkpoint, args.out_dir, args.report, args.onnx, args.quantize, calibration)
     except UserError as error:
         return report_user_error(error)
     print(f"exported {args.checkpoint} to {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")

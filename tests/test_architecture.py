@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "imagenet_cls"
-LAYERS = ["errors", "data", "runs", "model", "prepare", "callbacks", "export", "cli", "demo"]
+LAYERS = ["errors", "data", "runs", "model", "prepare", "callbacks", "export_int8", "export", "cli", "demo"]
 
 
 def _unit(module: str) -> str | None:
