@@ -10,12 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
+import imagenet_cls.model.cpu as cpu
 import imagenet_cls.model.inference as inference
 from imagenet_cls.cli import main
 from imagenet_cls.errors import UserError
 from imagenet_cls.export import main as export_main
+from imagenet_cls.model.cpu import cpu_has_fast_int8
 from imagenet_cls.model.inference import OnnxRunner, choose_plan
-from imagenet_cls.model.quantize import INT8_FILE, cpu_has_fast_int8, graph_metadata, preprocessed_batches
+from imagenet_cls.model.quantize import INT8_FILE, graph_metadata, preprocessed_batches
 from tests.conftest import FAST_TRAINER, fit_args, make_class_folders
 
 CPU = torch.device("cpu")
@@ -26,7 +28,7 @@ AVX2_ONLY = ["avx2"]
 def fake_cpu(monkeypatch, flags: list[str]) -> None:
     """This process sees an x86 CPU with ``flags`` (and ONNX Runtime installed)."""
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
-    monkeypatch.setattr(inference, "cpu_description", lambda: {"model": "fake x86", "flags": list(flags)})
+    monkeypatch.setattr(cpu, "cpu_description", lambda: {"model": "fake x86", "flags": list(flags)})
     monkeypatch.setattr(inference, "onnxruntime_available", lambda: True)
 
 
@@ -142,3 +144,25 @@ def test_int8_graph_of_other_weights_is_refused(quantized, tmp_path):
     args = ["predict", "--config", str(other / "predict.yaml"), "--model.pretrained", str(other)]
     args += ["--data.predict_path", str(data / "val"), "--data.num_workers", "0", *FAST_TRAINER]
     assert main([*args, "--model.predict_backend", "onnxruntime-int8"]) != 0
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime-int8", "auto"])
+def test_validate_from_the_folder_scores_the_int8_graph(quantized, monkeypatch, caplog, backend):
+    from imagenet_cls.cli import ImageNetCLI
+    from imagenet_cls.export import load_model
+    from imagenet_cls.model.quantize import top1
+
+    data, out = quantized
+    fake_cpu(monkeypatch, AVX2_ONLY)  # auto keeps float32 here; onnxruntime-int8 runs int8 anyway
+    args = ["validate", "--config", str(out / "predict.yaml"), "--data.mode", "train", "--data.data_dir", str(data)]
+    args += ["--data.num_workers", "0", "--data.batch_size", "5", *FAST_TRAINER, "--model.predict_backend", backend]
+    with caplog.at_level(logging.INFO, logger="imagenet_cls"):
+        accuracy = float(ImageNetCLI(args=args).trainer.callback_metrics["val_acc"])
+    int8_lines = [r for r in caplog.records if "ONNX Runtime, int8" in r.getMessage()]
+    assert len(int8_lines) == (1 if backend == "onnxruntime-int8" else 0)
+    model, _ = load_model(next(data.parent.glob("run/checkpoints/test_resnet-*.ckpt")))
+    samples = [
+        (str(p), ["n00000001", "n00000002", "n00000003"].index(p.parent.name)) for p in (data / "val").rglob("*.jpg")
+    ]
+    graph = out / (INT8_FILE if backend == "onnxruntime-int8" else "model.onnx")
+    assert accuracy == pytest.approx(top1(OnnxRunner(graph, 1), model, samples), abs=1e-6)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from imagenet_cls.errors import UserError
+from imagenet_cls.model.cpu import cpu_description, cpu_has_fast_int8, cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -36,39 +37,6 @@ ONNX_OUTPUT = "logits"  # (B, num_classes) float32
 ONNX_TOLERANCE = 1e-3
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AMX tiles or AVX512-BF16), where bf16 autocast pays off."""
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    for name in checks:
-        check = getattr(torch.cpu, name, None)
-        try:
-            if check is not None and check():
-                return True
-        except RuntimeError:
-            continue
-    return False
-
-
-def cpu_description() -> dict[str, Any]:
-    """The CPU model name and the flags that decide CPU inference speed (from ``/proc/cpuinfo`` on Linux)."""
-    import platform
-
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and name in ("", platform.machine(), platform.processor()):
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
-    return {"model": name, "flags": [flag for flag in wanted if flag in flags]}
-
-
 def onnxruntime_available() -> bool:
     """Whether ONNX Runtime and the ONNX exporter's dependencies (``onnx``, ``onnxscript``) are installed."""
     return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx", "onnxscript"))
@@ -79,10 +47,10 @@ class Plan:
     """What predict runs on: the backend, the compute type and the memory format (``describe`` for the log)."""
 
     backend: Literal["torch", "onnxruntime"]
-    int8: bool = False  # ONNX Runtime runs the exported folder's int8 graph
     bf16: bool = False
     channels_last: bool = False
     why: str = ""
+    int8: bool = False  # ONNX Runtime runs the exported folder's int8 graph
 
     def describe(self) -> str:
         if self.backend == "onnxruntime":
@@ -114,8 +82,6 @@ def choose_plan(
         UserError: ``onnxruntime`` was asked for but is not installed, or on a GPU; ``onnxruntime-int8`` without
             an int8 graph.
     """
-    from imagenet_cls.model.quantize import cpu_has_fast_int8
-
     onnx = backend.startswith("onnxruntime")
     if device.type != "cpu":
         if onnx:
@@ -268,6 +234,10 @@ class Predictor:
         if tta_hflip:
             probs = (probs + self._logits(normalised.flip(-1)).float().softmax(dim=-1)) / 2
         return probs
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 or normalised -> (B, num_classes) float32 logits (validate/test)."""
+        return self._logits(self.model.normalize(images) if images.dtype == torch.uint8 else images).float()
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
         if self.plan.channels_last:

@@ -18,6 +18,7 @@ from imagenet_cls.model.augment import create_mixup, create_random_erasing, crea
 from imagenet_cls.model.backbones import classifier_module, create_backbone, resolve_data_config
 from imagenet_cls.model.inference import PredictBackend, Predictor, PredictPrecision, create_predictor
 from imagenet_cls.model.optim import Schedule, create_optimizer, lr_schedule, parameter_groups, scale_lr
+from imagenet_cls.model.quantize import evaluation_predictor
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,10 @@ class ClassificationModel(LightningModule):
         predict_backend: Runtime of ``predict`` on CPU: ``auto`` runs ONNX Runtime when it is installed (the
             network exported once, cached beside the checkpoint, checked against PyTorch), PyTorch otherwise or
             with ``compile``; ``torch`` or ``onnxruntime`` force one. PyTorch runs channels-last on CPU. One log
-            line says what was chosen. On GPUs the trainer's ``precision`` applies.
+            line says what was chosen. On GPUs the trainer's ``precision`` applies. With ``--model.pretrained``
+            an exported folder holding ``model_int8.onnx`` (``export --quantize int8``), ``auto`` runs that int8
+            graph where the CPU has VNNI or AMX (float32 elsewhere) and ``onnxruntime-int8`` runs it anywhere;
+            validate and test then run it too.
         predict_precision: Compute type of the PyTorch ``predict`` backend on CPU: ``auto`` runs bfloat16
             autocast only where the CPU computes bfloat16 natively (AMX or AVX512-BF16), float32 elsewhere;
             ``32`` always float32; ``bf16`` always bfloat16 (and PyTorch under ``auto`` backend). fit/validate/test
@@ -185,7 +189,7 @@ class ClassificationModel(LightningModule):
         self.register_buffer("pixel_mean", torch.tensor(self.data_config["mean"]).view(1, 3, 1, 1) * scale, False)
         self.register_buffer("pixel_std", torch.tensor(self.data_config["std"]).view(1, 3, 1, 1) * scale, False)
         self._channels_last = channels_last
-        self._predictor: Predictor | None = None  # chosen by on_predict_start
+        self._predictor: Predictor | None = None  # chosen by on_predict_start (and validate/test's int8)
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         if compile:
@@ -271,7 +275,7 @@ class ClassificationModel(LightningModule):
         self.log(f"{stage}_images", float(len(targets)), reduce_fx="sum", sync_dist=True, batch_size=1)
         if not len(targets):
             return {"logits": torch.empty((0, self.hparams.num_classes), device=self.device)}
-        logits = self(images)
+        logits = self(images) if self._predictor is None else self._predictor.logits(images)
         if self._class_mask is not None:  # --data.class_subset: the classes present only
             logits = logits.masked_fill(~self._class_mask.to(logits.device), torch.finfo(logits.dtype).min)
         size = len(targets)
@@ -313,6 +317,12 @@ class ClassificationModel(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._report_skipped("test")
+
+    def on_validation_start(self) -> None:
+        self._predictor = evaluation_predictor(self)  # int8 outside fit where predict would run it, else None
+
+    def on_test_start(self) -> None:
+        self._predictor = evaluation_predictor(self)
 
     def on_predict_start(self) -> None:
         """Choose the predict runtime for this machine (see :mod:`imagenet_cls.model.inference`)."""

@@ -13,34 +13,19 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from imagenet_cls.model.cpu import cpu_has_fast_int8
+
 log = logging.getLogger(__name__)
 
 INT8_FILE = "model_int8.onnx"  # beside model.onnx in an exported folder
-FAST_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of 8-bit dot products
 CALIBRATION_BATCH = 32
-
-
-def cpu_has_fast_int8(flags: Iterable[str] | None = None) -> bool:
-    """Whether this CPU (or one with ``flags``, from ``/proc/cpuinfo``) runs int8 faster than float32.
-
-    Non-x86 CPUs (ARM's dot-product instructions) count as fast.
-    """
-    import platform
-
-    from imagenet_cls.model.inference import cpu_description
-
-    if flags is None:
-        if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
-            return True
-        flags = cpu_description()["flags"]
-    return any(flag in FAST_INT8_FLAGS for flag in flags)
 
 
 def preprocessed_batches(
@@ -199,6 +184,31 @@ def int8_runner(model: Any, path: Path) -> tuple[Any, str]:
     cost = json.loads(metadata.get("int8_cost", "{}"))
     measured = f"; at export: {describe_cost(cost)}" if cost else ""
     return OnnxRunner(path, torch.get_num_threads()), f"; graph {path}{measured}"
+
+
+def evaluation_predictor(model: Any) -> Any:
+    """validate/test outside fit on CPU: a Predictor on the int8 graph where predict would run it, else None.
+
+    That is with ``--model.predict_backend onnxruntime-int8``, or ``auto`` when the model comes from an exported
+    folder whose int8 graph holds these weights and the CPU has VNNI or AMX. fit's validation stays PyTorch.
+    """
+    from imagenet_cls.model.inference import create_predictor, onnxruntime_available, weights_digest
+
+    fn = getattr(getattr(model.trainer, "state", None), "fn", None)
+    backend = model.hparams.predict_backend
+    if model.device.type != "cpu" or str(getattr(fn, "value", fn)) not in ("validate", "test"):
+        return None
+    if backend == "auto":
+        path = int8_graph(model.hparams.get("pretrained"))
+        if path is None or not cpu_has_fast_int8() or not onnxruntime_available():
+            return None
+        digest = weights_digest(model.backbone, tuple(model.data_config["input_size"]))
+        if graph_metadata(path).get("weights_sha256") != digest:
+            return None
+    elif backend != "onnxruntime-int8":
+        return None
+    predictor = create_predictor(model, backend, "32")
+    return predictor if predictor.plan.int8 else None
 
 
 def graph_metadata(path: Path) -> dict[str, str]:
