@@ -30,7 +30,7 @@ from typing import Any, Literal
 import yaml
 
 from imagenet_cls.errors import UserError, report_user_error
-from imagenet_cls.export_int8 import Calibration, int8_card, write_int8
+from imagenet_cls.export_int8 import INT8_FILE, Calibration, int8_card, write_int8
 from imagenet_cls.model.inference import plain
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,8 @@ def export(
     from safetensors.torch import save_file
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    if quantize and not onnx:
+        raise UserError("--quantize int8 quantizes model.onnx: drop --no-onnx")
     model, saved = load_model(checkpoint)
     hparams = dict(model.hparams)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,8 +108,8 @@ def export(
     predict = {"model": {**kept, "pretrained": str(out_dir.resolve())}, "data": {"mode": "predict"}}
     (out_dir / "predict.yaml").write_text(yaml.safe_dump({**predict, "trainer": {"logger": False}}, sort_keys=False))
     onnx_check = int8 = None
-    if quantize and not onnx:
-        raise UserError("--quantize int8 quantizes model.onnx: drop --no-onnx")
+    if quantize is None:
+        (out_dir / INT8_FILE).unlink(missing_ok=True)  # an earlier export's, of other weights
     if onnx:
         onnx_check = write_onnx(model, out_dir / "model.onnx")
     summaries = _summaries(checkpoint, report)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from imagenet_cls.errors import UserError
+from imagenet_cls.model.quantize import INT8_FILE
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,10 @@ class Calibration:
 def write_int8(model: Any, out_dir: Path, calibration: Calibration, run_data_dir: str | None) -> dict[str, Any]:
     """``model_int8.onnx`` from ``model.onnx``; returns its top-1 cost against float32 (also in its metadata)."""
     from imagenet_cls.model.inference import onnx_metadata, weights_digest
-    from imagenet_cls.model.quantize import INT8_FILE, calibration_split, describe_cost, int8_cost, quantize_int8
+    from imagenet_cls.model.quantize import calibration_split, describe_cost, int8_cost, quantize_int8
 
+    if calibration.images < 1 or calibration.held_out < 1:
+        raise UserError("--calibration-images and --held-out-images must be at least 1")
     data_dir = calibration.data_dir or run_data_dir
     if not data_dir:
         raise UserError("--quantize int8 needs images: give --calibration-data DIR (the run's config names none)")

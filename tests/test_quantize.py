@@ -132,7 +132,7 @@ def test_predict_from_the_folder_runs_int8_where_it_pays(quantized, tmp_path, mo
     assert auto["pred_index"].tolist() == (int8 if flags is VNNI else fp32)["pred_index"].tolist()
 
 
-def test_int8_graph_of_other_weights_is_refused(quantized, tmp_path):
+def test_int8_graph_of_other_weights_is_refused(quantized, tmp_path, capsys, caplog):
     data, out = quantized
     import shutil
 
@@ -144,6 +144,30 @@ def test_int8_graph_of_other_weights_is_refused(quantized, tmp_path):
     args = ["predict", "--config", str(other / "predict.yaml"), "--model.pretrained", str(other)]
     args += ["--data.predict_path", str(data / "val"), "--data.num_workers", "0", *FAST_TRAINER]
     assert main([*args, "--model.predict_backend", "onnxruntime-int8"]) != 0
+    assert "quantized from other weights" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="imagenet_cls"):  # auto: float32 ONNX Runtime instead
+        assert main([*args, "--writer.output_dir", str(tmp_path / "out"), "--writer.write_images", "false"]) == 0
+    chosen = [r.getMessage() for r in caplog.records if r.getMessage().startswith("predict on CPU")]
+    assert len(chosen) == 1 and "ONNX Runtime, float32" in chosen[0], chosen
+
+
+def test_export_without_quantize_drops_an_earlier_int8_graph_and_errors_are_one_line(quantized, tmp_path, capsys):
+    import shutil
+
+    data, out = quantized
+    checkpoint = next(data.parent.glob("run/checkpoints/test_resnet-*.ckpt"))
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    assert export_main([str(checkpoint), str(again)]) == 0
+    assert not (again / INT8_FILE).exists() and (again / "model.onnx").is_file()
+    capsys.readouterr()
+    assert export_main([str(checkpoint), str(tmp_path / "x"), "--quantize", "int8", "--no-onnx"]) == 2
+    assert "drop --no-onnx" in capsys.readouterr().err
+    args = [str(checkpoint), str(tmp_path / "y"), "--quantize", "int8", "--calibration-data", str(data)]
+    assert export_main([*args, "--calibration-images", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "--calibration-split train" in err and "give --calibration-images below that" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime-int8", "auto"])

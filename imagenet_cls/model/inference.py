@@ -266,7 +266,14 @@ def create_predictor(
     where = ""
     if plan.backend == "onnxruntime":
         try:
-            runner, where = int8_runner(model, int8) if plan.int8 else _onnx_runner(model, checkpoint)
+            try:
+                runner, where = int8_runner(model, int8) if plan.int8 else _onnx_runner(model, checkpoint)
+            except ValueError as error:  # an int8 graph of other weights: auto runs float32 ONNX Runtime
+                if not plan.int8 or backend != "auto":
+                    raise
+                log.warning("int8 graph not used (%s): ONNX Runtime float32", error)
+                plan = Plan("onnxruntime", why="the folder's int8 graph holds other weights")
+                runner, where = _onnx_runner(model, checkpoint)
         except Exception as error:  # export or check failed: PyTorch is always correct
             if backend.startswith("onnxruntime"):
                 raise UserError(f"--model.predict_backend onnxruntime: {error}") from None
