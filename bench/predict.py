@@ -1,6 +1,9 @@
 """CPU predict against timm's inference.py (its defaults and its fastest CPU flags), runtime by runtime, and
 memory that does not grow with the number of images.
 
+Ours runs three ways: writer on (annotated images and CSV), CSV only (``--writer.write_images false``), and CSV only
+from the Lite0 folder exported with ``--quantize int8`` (``auto`` picks int8 where the CPU has VNNI/AMX).
+
 Every baseline is measured in the same run as ours, interleaved with it (median of 3); nothing is reused from an
 earlier run. The ONNX graph cache lives in this run's work folder, so the first of our runs pays for the export.
 """
@@ -12,6 +15,7 @@ import os
 from pathlib import Path
 
 from bench.common import PEAK_RSS_MB, REPO, WORK, Result, interleaved, run_python, sample_dir, timm_inference
+from bench.int8 import lite0_int8_export, validate_top1
 
 LITE0 = ["--config", str(REPO / "config" / "efficientnet_lite0.yaml")]
 TIMM_CSV = WORK / "timm_inference.csv"  # this run's timm float32 predictions (also read by bench.pretrained)
@@ -94,6 +98,9 @@ def throughput() -> list[Result]:
     native = cpu_has_native_bf16()
     fastest = {"channels_last": True, "torchscript": True, "bf16": native}
     first: list[float] = []
+    _, export, _ = lite0_int8_export(WORK)
+    csv_only = ("--writer.write_images", "false")
+    int8 = ["--config", str(export / "predict.yaml")]
 
     def ours() -> float:
         seconds = _ours(_predict_args(folder, WORK / "out_auto"))["seconds"]
@@ -105,13 +112,52 @@ def throughput() -> list[Result]:
             "timm": lambda: timm_inference(folder, TIMM_CSV),
             "timm_fast": lambda: timm_inference(folder, WORK / "timm_fast.csv", **fastest),
             "ours": ours,
+            "ours_csv": lambda: _ours(_predict_args(folder, WORK / "out_csv", extra=csv_only))["seconds"],
+            "ours_int8": lambda: _ours(_predict_args(folder, WORK / "out_int8", int8, extra=csv_only))["seconds"],
         }
     )
     agreement = _agreement(WORK / "out_auto" / "predictions.csv", TIMM_CSV)
+    agreement_int8 = _agreement(WORK / "out_int8" / "predictions.csv", TIMM_CSV)
     fast_name = "--channels-last --torchscript" + (" --amp bf16" if native else "")
     threads = torch.get_num_threads()
     note = f"tf_efficientnet_lite0, {count} images, batch 64 vs 256, 2 loader workers, median of 3 interleaved"
-    return [
+    csv_rows = [
+        Result(
+            f"CPU predict, CSV only{label} (ours vs timm inference.py defaults)",
+            count / seconds[key],
+            count / seconds["timm"],
+            "img/s",
+            note=f"{note}; --writer.write_images false; target >= 6.0",
+            precision=f"ours: {runtime} / timm: PyTorch fp32 NCHW",
+            threads=torch.get_num_threads(),
+        )
+        for key, label, runtime in (
+            ("ours_csv", "", "auto backend (ONNX Runtime fp32)"),
+            ("ours_int8", ", int8 export", "auto backend from the --quantize int8 folder (int8 where VNNI/AMX)"),
+        )
+    ]
+    csv_rows.append(
+        Result(
+            f"CPU predict, CSV only (ours vs timm inference.py {fast_name})",
+            count / seconds["ours_csv"],
+            count / seconds["timm_fast"],
+            "img/s",
+            note=note,
+            precision=f"ours: auto (ONNX Runtime fp32) / timm: {'bf16 autocast' if native else 'fp32'} fastest flags",
+            threads=torch.get_num_threads(),
+        )
+    )
+    csv_rows.append(
+        Result(
+            "top-1 agreement, ours int8 export vs PyTorch fp32 (timm)",
+            agreement_int8 * 100,
+            100.0,
+            "%",
+            note=f"{count} sample images",
+            precision="ours: auto from the int8 folder / PyTorch fp32",
+        )
+    )
+    return csv_rows + [
         Result(
             "CPU predict, writer on (ours vs timm inference.py defaults)",
             count / seconds["ours"],
@@ -180,18 +226,38 @@ def runtimes(batch: int = 32, repeats: int = 3) -> list[Result]:
         onnx = OnnxRunner(path, torch.get_num_threads())
         check_onnx(onnx, nchw, (3, 224, 224))
         steps["onnxruntime"] = lambda: onnx(images)
+        _, export, _ = lite0_int8_export(WORK)  # the same weights, quantized by export --quantize int8
+        int8 = OnnxRunner(export / "model_int8.onnx", torch.get_num_threads())
+        steps["onnxruntime_int8"] = lambda: int8(images)
     with torch.no_grad():
         rates = interleaved({name: (lambda s=step: rate(s)) for name, step in steps.items()})
     threads = torch.get_num_threads()
     labels = {
         "onnxruntime": ("ONNX Runtime fp32", "ONNX Runtime fp32 / PyTorch fp32 NCHW"),
+        "onnxruntime_int8": ("ONNX Runtime int8", "ONNX Runtime int8 (QDQ) / PyTorch fp32 NCHW"),
         "channels_last": ("PyTorch channels-last fp32", "PyTorch fp32 channels-last / fp32 NCHW"),
         "bf16": (
             f"PyTorch bf16 autocast channels-last ({'native' if cpu_has_native_bf16() else 'emulated'})",
             "PyTorch bf16 channels-last / fp32 NCHW",
         ),
     }
-    return [
+    int8_rows = []
+    if "onnxruntime_int8" in rates:
+        from imagenet_cls.model.cpu import cpu_has_fast_int8
+
+        int8_rows.append(
+            Result(
+                "model step: ONNX Runtime int8 vs ONNX Runtime fp32",
+                rates["onnxruntime_int8"],
+                rates["onnxruntime"],
+                "img/s",
+                note=f"tf_efficientnet_lite0, batch {batch}, median of 3 interleaved; target >= 1.8; "
+                f"CPU {'has' if cpu_has_fast_int8() else 'lacks'} VNNI/AMX",
+                precision="ONNX Runtime int8 (QDQ, per-channel) / ONNX Runtime fp32",
+                threads=threads,
+            )
+        )
+    return int8_rows + [
         Result(
             f"model step: {labels[name][0]} vs PyTorch eager fp32 NCHW",
             rates[name],
@@ -201,7 +267,7 @@ def runtimes(batch: int = 32, repeats: int = 3) -> list[Result]:
             precision=labels[name][1],
             threads=threads,
         )
-        for name in ("onnxruntime", "channels_last", "bf16")
+        for name in ("onnxruntime", "onnxruntime_int8", "channels_last", "bf16")
         if name in rates
     ]
 
@@ -236,5 +302,24 @@ def memory(small: int = 500, large: int = 5000) -> Result:
     )
 
 
+def int8_top1() -> list[Result]:
+    """Lite0 top-1 on the 1000 sample images: the int8 graph (validate, onnxruntime-int8) vs PyTorch float32."""
+    data, export, cost = lite0_int8_export(WORK)
+    int8 = validate_top1(data, export, "onnxruntime-int8")
+    fp32 = validate_top1(data, export, "torch")
+    held = f"{cost['top1_int8']:.2%} vs {cost['top1_fp32']:.2%} on the {cost['images']} held out at export"
+    return [
+        Result(
+            "Lite0 top-1, int8 vs fp32 (1000 sample images)",
+            int8 * 100,
+            fp32 * 100,
+            "% top-1",
+            note=f"calibrated on {cost['calibration_images']} of the 1000 (included here); {held}; "
+            "target int8 >= 87.8 and >= fp32 - 0.5",
+            precision="ONNX Runtime int8 / PyTorch fp32",
+        )
+    ]
+
+
 def run() -> list[Result]:
-    return [*throughput(), *runtimes(), memory()]
+    return [*throughput(), *runtimes(), *int8_top1(), memory()]

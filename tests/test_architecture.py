@@ -1,8 +1,8 @@
 """The package's import direction: each subpackage imports only those below it, never one above, never in a circle.
 
-Layers, bottom to top: errors → data → runs → model → prepare → callbacks → export → cli (then the demo, which drives
-the CLI). Imports inside functions and under ``TYPE_CHECKING`` count too: a deferred upward import is still a
-dependency upward.
+Layers, bottom to top: errors → data → runs → model → prepare → callbacks → export (int8, card, folder) → serve → cli
+(then the demo, which drives the CLI). Imports inside functions and under ``TYPE_CHECKING`` count too: a deferred
+upward import is still a dependency upward.
 """
 
 from __future__ import annotations
@@ -13,7 +13,20 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "imagenet_cls"
-LAYERS = ["errors", "data", "runs", "model", "prepare", "callbacks", "export", "serve", "cli", "demo"]
+LAYERS = [
+    "errors",
+    "data",
+    "runs",
+    "model",
+    "prepare",
+    "callbacks",
+    "export_int8",
+    "export_card",
+    "export",
+    "serve",
+    "cli",
+    "demo",
+]
 
 
 def _unit(module: str) -> str | None:

@@ -92,3 +92,16 @@ def test_predict_sample_plus_bad_files(prepared, tmp_path):
     for path in images[::50]:
         image = cv2.imread(str(path))
         assert image is not None and image.shape[1] <= 800 and image.shape[0] <= 600
+
+
+def test_lite0_int8_export_keeps_top1_on_the_sample(tmp_path):
+    from bench.int8 import lite0_int8_export, validate_top1
+
+    # export --quantize int8 calibrated on 256 sample images, its cost measured on the other 744
+    data, export, cost = lite0_int8_export(tmp_path)
+    assert cost["calibration_images"] == 256 and cost["images"] == 744
+    assert cost["cost_points"] <= 0.5, cost
+    int8 = validate_top1(data, export, "onnxruntime-int8")  # validate from the folder on the 1000 images
+    fp32 = validate_top1(data, export, "torch")
+    print(f"lite0 top-1 on 1000 sample images: int8 {int8:.4f}, fp32 {fp32:.4f}; export check {cost}")
+    assert int8 >= 0.878 and int8 >= fp32 - 0.005, (int8, fp32)

@@ -292,3 +292,40 @@ def test_writer_cam_draws_a_heat_map_on_the_models_crop(tmp_path):
     # The model saw the centre crop: 96 / (96 / 0.875) of the shorter side, a 350-pixel square in the middle.
     inside, left_strip, right_strip = changed[60:340, 240:560], changed[:, :200], changed[:, 600:]
     assert inside.mean() > 0.05 and left_strip.mean() < 0.01 and right_strip.mean() < 0.01
+
+
+@pytest.mark.parametrize("write_images", [False, True])
+def test_csv_only_predict_makes_no_display_copy_and_draws_nothing(checkpoint, tmp_path, monkeypatch, write_images):
+    import imagenet_cls.callbacks.annotate as annotate_module
+    import imagenet_cls.data.datasets as datasets_module
+    from imagenet_cls.data.images import ImageFile
+
+    calls = {"fit_within": 0, "annotate": 0, "reductions": []}
+
+    def counting(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    decode = ImageFile.decode
+
+    def recording_decode(self, reduction=1):
+        calls["reductions"].append(reduction)
+        return decode(self, reduction)
+
+    monkeypatch.setattr(datasets_module, "fit_within", counting("fit_within", datasets_module.fit_within))
+    monkeypatch.setattr(annotate_module, "annotate", counting("annotate", annotate_module.annotate))
+    monkeypatch.setattr(ImageFile, "decode", recording_decode)
+    inputs = tmp_path / "in"
+    write_image(inputs / "large.jpg", (220, 40, 40), size=(1200, 900))
+    out = tmp_path / "out"
+    assert _predict(checkpoint, inputs, out, "--writer.write_images", str(write_images).lower()) == 0
+    rows = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert len(rows) == 1 and rows["error"].iloc[0] == ""
+    drawn = 1 if write_images else 0
+    assert (calls["fit_within"], calls["annotate"]) == (drawn, drawn)
+    assert (out / "images" / "large.jpg").is_file() == write_images
+    # The 32 px model input allows a 1/8 DCT decode; the 800x600 display copy limits it to full size.
+    assert calls["reductions"] == ([1] if write_images else [8])

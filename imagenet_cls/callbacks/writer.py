@@ -144,6 +144,8 @@ class PredictionWriter(BasePredictionWriter):
             label = self._label(*top[0])
             output = ""
             if self.write_images:
+                if batch["display"][i] is None:
+                    raise UserError("PredictionWriter(write_images=True) got no display copy: call set_display(True)")
                 output = self._write_image(batch["relative"][i], batch["display"][i], top, heat.get(i))
             cells = [path, output, top[0][0], self.class_folders[top[0][0]], label, f"{top[0][1]:.6f}"]
             for rank in range(self.top_k):

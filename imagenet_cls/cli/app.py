@@ -249,6 +249,8 @@ class ImageNetCLI(SubcommandArgumentsCLI):
                 "file's number of classes (and --data.class_map), or fit first"
             )
         self.datamodule.set_preprocessing(self.model.data_config, self.model.train_input_size)
+        if self.subcommand == "predict":  # display copies only for the annotated images a writer will draw
+            self.datamodule.set_display(any(getattr(c, "write_images", False) for c in self.trainer.callbacks))
         if self._layout is not None:
             self.datamodule.use_layout(self._layout, self.model.hparams.classes)
             if self.datamodule.class_subset and self.subcommand in ("validate", "test"):

@@ -148,6 +148,7 @@ class ImageNetDataModule(LightningDataModule):
         self.data_config: dict[str, Any] | None = None  # set_preprocessing
         self.train_input_size: tuple[int, int, int] | None = None
         self.label_map: list[int] | None = None  # data class index -> model class index (use_layout)
+        self.display_size: tuple[int, int] | None = DISPLAY_SIZE  # None: predict makes no display copies
 
     # ---- what the CLI hands over: the scanned folder, the model's classes and preprocessing -------------------
     @cached_property
@@ -172,6 +173,10 @@ class ImageNetDataModule(LightningDataModule):
         """The model's preprocessing (timm ``data_config``: input size, crop, interpolation) and training crop."""
         self.data_config = data_config
         self.train_input_size = train_input_size or data_config["input_size"]
+
+    def set_display(self, wanted: bool) -> None:
+        """Whether predict items carry a display copy (for annotated images); without, only the model input is made."""
+        self.display_size = DISPLAY_SIZE if wanted else None
 
     @property
     def classes(self) -> list[str] | None:
@@ -211,11 +216,13 @@ class ImageNetDataModule(LightningDataModule):
             cache_dir = str(self.cache_dir) if self.cache_dir is not None else None
             split = optimized_split(self.predict_path, self.storage_options, cache_dir)
             if split is not None:
-                dataset = StreamingPredictDataset(split, eval_transform, DISPLAY_SIZE, self.sample_timeout)
+                dataset = StreamingPredictDataset(split, eval_transform, self.display_size, self.sample_timeout)
                 self.predict_root = None
             else:
                 paths, self.predict_root = resolve_predict_paths(self.predict_path)
-                dataset = PredictDataset(paths, self.predict_root, eval_transform, DISPLAY_SIZE, self.sample_timeout)
+                dataset = PredictDataset(
+                    paths, self.predict_root, eval_transform, self.display_size, self.sample_timeout
+                )
             self.datasets["predict"] = dataset
             log.info("predict: %d images under %s", len(dataset), split.url if split else self.predict_root)
             return

@@ -110,9 +110,9 @@ class PredictDataset(Dataset):
 
     Item ``i`` is a dict with the model input ``image``, its ``index``, the file ``path``, its output path
     ``relative`` to the run's image folder (mirroring the tree under ``root``), a ``display`` copy
-    (RGB uint8 array scaled to fit within ``display_size``, for the annotated output) and ``error`` ("" when the
-    file decoded). A file that cannot be decoded yields a zero image and its error, so one bad file does not stop the
-    run.
+    (RGB uint8 array scaled to fit within ``display_size``, for the annotated output; None when ``display_size`` is
+    None: no annotated images are written, so none is made) and ``error`` ("" when the file decoded). A file that
+    cannot be decoded yields a zero image and its error, so one bad file does not stop the run.
     """
 
     def __init__(
@@ -120,7 +120,7 @@ class PredictDataset(Dataset):
         paths: list[str],
         root: Path,
         transform: EvalTransform,
-        display_size: tuple[int, int],
+        display_size: tuple[int, int] | None,
         timeout: float | None = None,
     ) -> None:
         self.timeout = timeout
@@ -155,17 +155,23 @@ class PredictDataset(Dataset):
         """Item ``index``'s image, read but not decoded."""
         return ImageFile(self.paths[index])
 
-    def _decode(self, image: ImageFile) -> tuple[torch.Tensor, np.ndarray]:
+    def _decode(self, image: ImageFile) -> tuple[torch.Tensor, np.ndarray | None]:
         return decode_for_predict(image, self.transform, self.display_size)
 
 
 def decode_for_predict(
-    image: ImageFile, transform: EvalTransform, display_size: tuple[int, int]
-) -> tuple[torch.Tensor, np.ndarray]:
-    """The model input and the display copy from one decode, as small as both allow (predict and serve)."""
+    image: ImageFile, transform: EvalTransform, display_size: tuple[int, int] | None
+) -> tuple[torch.Tensor, np.ndarray | None]:
+    """The model input and the display copy from one decode, as small as both allow (predict and serve).
+
+    ``display_size`` None (CSV only): no display copy, decoded as small as the model input alone allows.
+    """
+    limit = transform.decode_limit(image.height, image.width)
+    if display_size is None:
+        pixels = image.decode(image.reduction(limit))
+        return transform.from_pixels(pixels, image.height, image.width), None
     display_scale = min(display_size[0] / image.width, display_size[1] / image.height)
-    limit = min(transform.decode_limit(image.height, image.width), 1 / display_scale)
-    pixels = image.decode(image.reduction(limit))
+    pixels = image.decode(image.reduction(min(limit, 1 / display_scale)))
     model_input = transform.from_pixels(pixels, image.height, image.width)
     return model_input, fit_within(pixels.permute(1, 2, 0).numpy(), display_size)
 

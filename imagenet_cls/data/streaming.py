@@ -385,7 +385,7 @@ class StreamingPredictDataset(PredictDataset):
         self,
         items: OptimizedSplit,
         transform: EvalTransform,
-        display_size: tuple[int, int],
+        display_size: tuple[int, int] | None,
         timeout: float | None = None,
     ) -> None:
         super().__init__([], Path(items.url), transform, display_size, timeout)

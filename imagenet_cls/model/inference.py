@@ -24,49 +24,17 @@ import torch
 from torch import nn
 
 from imagenet_cls.errors import UserError
+from imagenet_cls.model.cpu import cpu_description, cpu_has_fast_int8, cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
-PredictBackend = Literal["auto", "torch", "onnxruntime"]
+PredictBackend = Literal["auto", "torch", "onnxruntime", "onnxruntime-int8"]
 PredictPrecision = Literal["auto", "32", "bf16"]
 ONNX_OPSET = 18
 ONNX_INPUT = "input"  # (B, 3, H, W) float32, normalised with the model's mean and std
 ONNX_OUTPUT = "logits"  # (B, num_classes) float32
 # Largest |logit| difference allowed between ONNX Runtime and PyTorch float32, relative to the logits' range.
 ONNX_TOLERANCE = 1e-3
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AMX tiles or AVX512-BF16), where bf16 autocast pays off."""
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    for name in checks:
-        check = getattr(torch.cpu, name, None)
-        try:
-            if check is not None and check():
-                return True
-        except RuntimeError:
-            continue
-    return False
-
-
-def cpu_description() -> dict[str, Any]:
-    """The CPU model name and the flags that decide CPU inference speed (from ``/proc/cpuinfo`` on Linux)."""
-    import platform
-
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and name in ("", platform.machine(), platform.processor()):
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
-    return {"model": name, "flags": [flag for flag in wanted if flag in flags]}
 
 
 def onnxruntime_available() -> bool:
@@ -82,44 +50,65 @@ class Plan:
     bf16: bool = False
     channels_last: bool = False
     why: str = ""
+    int8: bool = False  # ONNX Runtime runs the exported folder's int8 graph
 
     def describe(self) -> str:
         if self.backend == "onnxruntime":
-            return "ONNX Runtime, float32"
+            return f"ONNX Runtime, {'int8' if self.int8 else 'float32'}"
         memory = ", channels-last" if self.channels_last else ""
         return f"PyTorch {'bfloat16 autocast' if self.bf16 else 'float32'}{memory}"
 
 
 def choose_plan(
-    device: torch.device, backend: PredictBackend, precision: PredictPrecision, compiled: bool = False
+    device: torch.device,
+    backend: PredictBackend,
+    precision: PredictPrecision,
+    compiled: bool = False,
+    int8_graph: bool = False,
 ) -> Plan:
     """The runtime for predict on ``device``.
 
     Args:
         device: Where the model is.
-        backend: ``auto`` (ONNX Runtime on CPU when installed, unless ``compiled`` or bf16 was asked for),
-            ``torch`` or ``onnxruntime``.
+        backend: ``auto`` (ONNX Runtime on CPU when installed, unless ``compiled`` or bf16 was asked for; its
+            int8 graph when there is one and the CPU has 8-bit dot products), ``torch``, ``onnxruntime`` or
+            ``onnxruntime-int8``.
         precision: ``auto`` (bf16 only where the CPU computes it natively), ``32`` or ``bf16``. Applies to the
             PyTorch backend; ONNX Runtime runs float32.
         compiled: The network was compiled with ``torch.compile`` (``--model.compile``): stay on PyTorch.
+        int8_graph: The model comes from an exported folder with an int8 graph (``export --quantize int8``).
 
     Raises:
-        UserError: ``onnxruntime`` was asked for but is not installed, or on a GPU.
+        UserError: ``onnxruntime`` was asked for but is not installed, or on a GPU; ``onnxruntime-int8`` without
+            an int8 graph.
     """
+    onnx = backend.startswith("onnxruntime")
     if device.type != "cpu":
-        if backend == "onnxruntime":
-            raise UserError("--model.predict_backend onnxruntime runs on CPU: add --trainer.accelerator cpu")
+        if onnx:
+            raise UserError(f"--model.predict_backend {backend} runs on CPU: add --trainer.accelerator cpu")
         return Plan("torch", why=f"on {device.type}, the trainer's precision applies")
-    if backend == "onnxruntime" and not onnxruntime_available():
+    if onnx and not onnxruntime_available():
         raise UserError(
-            "--model.predict_backend onnxruntime needs onnxruntime, onnx and onnxscript: "
+            f"--model.predict_backend {backend} needs onnxruntime, onnx and onnxscript: "
             "pip install onnxruntime onnx onnxscript (or --model.predict_backend torch)"
         )
+    if backend == "onnxruntime-int8":
+        if not int8_graph:
+            raise UserError(
+                "--model.predict_backend onnxruntime-int8 needs an int8 graph: python -m imagenet_cls.export CKPT "
+                "OUT --quantize int8, then predict with --model.pretrained OUT"
+            )
+        slow = "" if cpu_has_fast_int8() else "; this CPU has no VNNI/AMX: int8 may run slower than float32"
+        return Plan("onnxruntime", int8=True, why=f"--model.predict_backend onnxruntime-int8{slow}")
     native = cpu_has_native_bf16()
     bf16 = precision == "bf16" or (precision == "auto" and native)
     if backend == "onnxruntime":
         return Plan("onnxruntime", why="--model.predict_backend onnxruntime")
     if backend == "auto" and onnxruntime_available() and not compiled and precision != "bf16":
+        if int8_graph and cpu_has_fast_int8():
+            return Plan("onnxruntime", int8=True, why="the folder's int8 graph; this CPU has VNNI/AMX")
+        if int8_graph:  # emulated 8-bit products: slower than float32 and may saturate
+            return Plan("onnxruntime", why="int8 graph not used: this CPU has no VNNI/AMX (onnxruntime-int8 forces it)")
         return Plan("onnxruntime", why="installed; --model.predict_backend torch for PyTorch")
     if backend == "auto":
         why = "compiled" if compiled else ("bf16 asked for" if precision == "bf16" else "onnxruntime not installed")
@@ -203,15 +192,20 @@ def onnx_cache_path(backbone: nn.Module, input_size: tuple[int, ...], checkpoint
     Beside ``checkpoint`` when its folder is writable, else in ``$XDG_CACHE_HOME/imagenet_cls/onnx``. The name
     holds a hash of the weights, the input size and the torch version, so other weights never reuse a stale graph.
     """
-    digest = hashlib.sha256(f"{tuple(input_size)} {torch.__version__} {ONNX_OPSET}".encode())
-    for name, tensor in _eager(backbone).state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    key = digest.hexdigest()[:16]
+    key = weights_digest(backbone, input_size)[:16]
     if checkpoint and Path(checkpoint).is_file() and os.access(Path(checkpoint).parent, os.W_OK):
         return Path(checkpoint).with_name(f"{Path(checkpoint).stem}.{key}.onnx")
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imagenet_cls" / "onnx"
     return cache / f"{key}.onnx"
+
+
+def weights_digest(backbone: nn.Module, input_size: tuple[int, ...]) -> str:
+    """SHA-256 of the weights, the input size, the torch version and the opset: which graph belongs to them."""
+    digest = hashlib.sha256(f"{tuple(input_size)} {torch.__version__} {ONNX_OPSET}".encode())
+    for name, tensor in _eager(backbone).state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def onnx_metadata(hparams: dict[str, Any], data_config: dict[str, Any]) -> dict[str, str]:
@@ -241,6 +235,10 @@ class Predictor:
             probs = (probs + self._logits(normalised.flip(-1)).float().softmax(dim=-1)) / 2
         return probs
 
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 or normalised -> (B, num_classes) float32 logits (validate/test)."""
+        return self._logits(self.model.normalize(images) if images.dtype == torch.uint8 else images).float()
+
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
         if self.plan.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -256,17 +254,28 @@ def create_predictor(
 ) -> Predictor:
     """Choose and prepare the runtime for ``model`` (a ClassificationModel in eval mode), with one log line.
 
-    ONNX Runtime runs the graph cached for these weights (exported on first use); a graph that cannot be exported
-    or disagrees with PyTorch falls back to PyTorch with a warning, unless ``backend="onnxruntime"`` asked for it.
+    ONNX Runtime runs the graph cached for these weights (exported on first use), or the int8 graph of the
+    exported folder the model was loaded from; a graph that cannot be exported, disagrees with PyTorch or belongs to
+    other weights falls back to PyTorch with a warning, unless ``backend`` asked for ONNX Runtime.
     """
-    plan = choose_plan(model.device, backend, precision, compiled=bool(model.hparams.get("compile")))
+    from imagenet_cls.model.quantize import int8_graph, int8_runner
+
+    int8 = int8_graph(model.hparams.get("pretrained"))
+    plan = choose_plan(model.device, backend, precision, bool(model.hparams.get("compile")), int8 is not None)
     runner: Callable[[torch.Tensor], torch.Tensor] = model  # its forward: --model.channels_last applies on GPUs
     where = ""
     if plan.backend == "onnxruntime":
         try:
-            runner, where = _onnx_runner(model, checkpoint)
+            try:
+                runner, where = int8_runner(model, int8) if plan.int8 else _onnx_runner(model, checkpoint)
+            except ValueError as error:  # an int8 graph of other weights: auto runs float32 ONNX Runtime
+                if not plan.int8 or backend != "auto":
+                    raise
+                log.warning("int8 graph not used (%s): ONNX Runtime float32", error)
+                plan = Plan("onnxruntime", why="the folder's int8 graph holds other weights")
+                runner, where = _onnx_runner(model, checkpoint)
         except Exception as error:  # export or check failed: PyTorch is always correct
-            if backend == "onnxruntime":
+            if backend.startswith("onnxruntime"):
                 raise UserError(f"--model.predict_backend onnxruntime: {error}") from None
             log.warning("ONNX Runtime unusable for %s (%s): predicting with PyTorch", model.hparams.model_name, error)
             torch_plan = choose_plan(model.device, "torch", precision)

@@ -8,7 +8,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
-from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from imagenet_cls.data.batches import LabeledBatch, PredictBatch
@@ -22,19 +21,13 @@ from imagenet_cls.model.augment import (
 )
 from imagenet_cls.model.backbones import classifier_module, create_backbone, resolve_data_config
 from imagenet_cls.model.inference import PredictBackend, Predictor, PredictPrecision, create_predictor
+from imagenet_cls.model.metrics import LOGGED_METRICS, create_metrics  # noqa: F401 (LOGGED_METRICS: old path)
 from imagenet_cls.model.optim import Schedule, create_optimization
+from imagenet_cls.model.quantize import evaluation_predictor
 
 log = logging.getLogger(__name__)
 
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
-
-# Every metric the model logs; callbacks may only monitor these (checked by the CLI).
-EVALUATED_METRICS = ("loss", "acc", "acc5", "images")  # per stage: val_acc, test_images, ...
-LOGGED_METRICS = (
-    "train_loss",
-    "train_acc",
-    *(f"{stage}_{name}" for stage in ("val", "test") for name in EVALUATED_METRICS),
-)
 
 
 class ClassificationModel(LightningModule):
@@ -90,7 +83,10 @@ class ClassificationModel(LightningModule):
         predict_backend: Runtime of ``predict`` on CPU: ``auto`` runs ONNX Runtime when it is installed (the
             network exported once, cached beside the checkpoint, checked against PyTorch), PyTorch otherwise or
             with ``compile``; ``torch`` or ``onnxruntime`` force one. PyTorch runs channels-last on CPU. One log
-            line says what was chosen. On GPUs the trainer's ``precision`` applies.
+            line says what was chosen. On GPUs the trainer's ``precision`` applies. With ``--model.pretrained``
+            an exported folder holding ``model_int8.onnx`` (``export --quantize int8``), ``auto`` runs that int8
+            graph where the CPU has VNNI or AMX (float32 elsewhere) and ``onnxruntime-int8`` runs it anywhere;
+            validate and test then run it too.
         predict_precision: Compute type of the PyTorch ``predict`` backend on CPU: ``auto`` runs bfloat16
             autocast only where the CPU computes bfloat16 natively (AMX or AVX512-BF16), float32 elsewhere;
             ``32`` always float32; ``bf16`` always bfloat16 (and PyTorch under ``auto`` backend). fit/validate/test
@@ -184,21 +180,13 @@ class ClassificationModel(LightningModule):
         self.register_buffer("pixel_mean", torch.tensor(self.data_config["mean"]).view(1, 3, 1, 1) * scale, False)
         self.register_buffer("pixel_std", torch.tensor(self.data_config["std"]).view(1, 3, 1, 1) * scale, False)
         self._channels_last = channels_last
-        self._predictor: Predictor | None = None  # chosen by on_predict_start
+        self._predictor: Predictor | None = None  # chosen by on_predict_start (and validate/test's int8)
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         if compile:
             self.backbone.compile()  # in place: parameter names, checkpoints and exports stay those of the eager model
-        top5 = min(5, num_classes)
-        self.train_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
-        # Sum of per-image losses over count, over all processes (Lightning's own mean of a logged loss floors the
-        # image count it divides by under DDP: 13 images on 2 processes are divided by 12).
-        self.val_loss_mean = MeanMetric()
-        self.test_loss_mean = MeanMetric()
+        for name, metric in create_metrics(num_classes).items():  # train_acc, val_acc, val_acc5, val_loss_mean ...
+            setattr(self, name, metric)
         self._skipped: list[str] = []
         self._class_mask: torch.Tensor | None = None  # restrict_to_classes
         self.mixup = create_mixup(
@@ -260,7 +248,7 @@ class ClassificationModel(LightningModule):
         self.log(f"{stage}_images", float(len(targets)), reduce_fx="sum", sync_dist=True, batch_size=1)
         if not len(targets):
             return {"logits": torch.empty((0, self.hparams.num_classes), device=self.device)}
-        logits = self(images)
+        logits = self(images) if self._predictor is None else self._predictor.logits(images)
         if self._class_mask is not None:  # --data.class_subset: the classes present only
             logits = logits.masked_fill(~self._class_mask.to(logits.device), torch.finfo(logits.dtype).min)
         size = len(targets)
@@ -302,6 +290,12 @@ class ClassificationModel(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._report_skipped("test")
+
+    def on_validation_start(self) -> None:
+        self._predictor = evaluation_predictor(self)  # int8 outside fit where predict would run it, else None
+
+    def on_test_start(self) -> None:
+        self._predictor = evaluation_predictor(self)
 
     def on_predict_start(self) -> None:
         """Choose the predict runtime for this machine (see :mod:`imagenet_cls.model.inference`)."""
