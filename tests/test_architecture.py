@@ -152,3 +152,15 @@ def test_a_planted_circle_is_caught(tmp_path):
         (copy / name).parent.mkdir(parents=True, exist_ok=True)
         (copy / name).write_text(text, encoding="utf-8")
     assert import_cycles(copy) == [["data", "runs", "data"]]
+
+
+MAX_MODULE_LINES = 350
+
+
+def test_no_module_is_longer_than_350_lines():
+    long = {
+        str(path.relative_to(PACKAGE.parent)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}, f"split by concern: {long}"

@@ -1,6 +1,6 @@
 """Credentials given in ``--data.storage_options``, the environment or a config file reach none of the files that fit,
 validate, predict and export write (config.yaml, checkpoint hyper-parameters, W&B offline files, logs, exports, the
-model card), nor their output.
+model card), nor their output, nor serve's ``/info``.
 
 To cover another command or source (serve's ``/info``, parquet/WebDataset options: issues 21/24), add a step to
 ``STEPS`` that runs it with the secrets and returns what it printed or served.
@@ -59,12 +59,28 @@ def _export(work: Path, data: Path, env: dict[str, str]) -> str:
                  "--no-onnx"], env)  # fmt: skip
 
 
-# Each step: (name, function(work folder, data folder, environment) -> its output). Issue 24 adds serve's /info.
+def _serve(work: Path, data: Path, env: dict[str, str]) -> str:
+    """``cli.py serve`` over the checkpoint, with the secrets in its environment: what ``/info`` and its log show."""
+    import requests
+
+    from bench.serving import Server
+
+    log = work / "serve.log"
+    server = Server(["--ckpt_path", str(_checkpoint(work)), "--runtime", "torch"], log, env=env)
+    try:
+        info = requests.get(f"{server.url}/info", timeout=30).text
+    finally:
+        server.stop()
+    return info + log.read_text()
+
+
+# Each step: (name, function(work folder, data folder, environment) -> its output).
 STEPS: list[tuple[str, Callable[[Path, Path, dict[str, str]], str]]] = [
     ("fit", _fit),
     ("validate", _validate),
     ("predict", _predict),
     ("export", _export),
+    ("serve", _serve),
 ]
 
 
