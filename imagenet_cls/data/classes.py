@@ -90,3 +90,30 @@ def classes_without_data(num_classes: int, class_map: Path | None = None) -> lis
 
 def _is_wnid(folder: str) -> bool:
     return folder.startswith("n") and folder[1:].isdigit() and len(folder) == 9
+
+
+def classes_from_names(names: list[str]) -> list[str]:
+    """Class folders for a dataset's class names in label order (a Hugging Face ``ClassLabel``'s, for instance).
+
+    ImageNet-1k's names ("tench, Tinca tinca", in label order) become their WordNet ids, so a pretrained ImageNet
+    model evaluates on them with no class map: by position when all 1000 are ImageNet's in its order (two classes
+    share the name "crane"), else by name when each is one ImageNet class's. Other names are kept, spaces as ``_``.
+    """
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    wnids = list(info.label_names())
+    described = [info.label_name_to_description(wnid) for wnid in wnids]
+    if [_plain(name) for name in names] == [_plain(text) for text in described]:
+        return wnids
+    by_name: dict[str, list[str]] = {}
+    for wnid, text in zip(wnids, described, strict=True):
+        by_name.setdefault(_plain(text), []).append(wnid)
+    found = [by_name.get(_plain(name), []) for name in names]
+    if names and all(len(match) == 1 for match in found):
+        return [match[0] for match in found]
+    return [_one_token(name) for name in names]
+
+
+def _plain(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").split())

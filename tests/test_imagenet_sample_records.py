@@ -1,0 +1,51 @@
+"""The 1000 real ImageNet sample images as a Hugging Face parquet snapshot (``datasets``) and as WebDataset shards
+(``webdataset``): the offline Lite0 validates on each, with no class map, as on class folders (0.883).
+
+Slow (minutes on 2 cores); skipped when ../shared/data/imagenet-sample is absent.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from bench.common import REPO, sample_dir
+from tests.record_sources import write_parquet_snapshot, write_wds_shards
+
+SAMPLE = sample_dir()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(SAMPLE is None, reason="../shared/data/imagenet-sample is absent")]
+FOLDERS_TOP1 = 0.883  # tests/test_imagenet_sample.py: the same images as class folders
+
+
+def sample_split() -> tuple[list[tuple[str, int]], list[str]]:
+    """The sample's ``(file, ImageNet label)`` and ImageNet-1k's ClassLabel names ("tench, Tinca tinca", ...)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    wnids = list(info.label_names())
+    files = sorted(SAMPLE.glob("*.JPEG"))
+    return [(str(f), wnids.index(f.name.split("_")[0])) for f in files], [
+        info.label_name_to_description(w) for w in wnids
+    ]
+
+
+def validate_lite0(data_dir: Path) -> tuple[float, float]:
+    from imagenet_cls.cli import ImageNetCLI
+
+    cli = ImageNetCLI(args=["validate", "--config", str(REPO / "config" / "efficientnet_lite0.yaml"),
+                            "--data.data_dir", str(data_dir), "--data.num_workers", "2",
+                            "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    metrics = cli.trainer.callback_metrics
+    return float(metrics["val_acc"]), float(metrics["val_images"])
+
+
+@pytest.mark.parametrize("source", ["parquet", "webdataset"])
+def test_lite0_validates_from_parquet_and_shards_as_from_folders(tmp_path, source):
+    samples, names = sample_split()
+    if source == "parquet":
+        data = write_parquet_snapshot({"val": samples}, names, tmp_path / "snapshot", files=4)
+    else:
+        data = write_wds_shards({"val": samples}, tmp_path / "shards", per_shard=300)
+    assert not list(data.rglob("folder_num_class_map.txt"))  # no class map: classes from the names / labels
+    top1, images = validate_lite0(data)
+    assert images == 1000
+    assert top1 == pytest.approx(FOLDERS_TOP1, abs=1e-6), top1
