@@ -36,7 +36,7 @@ from typing import Literal
 
 from imagenet_cls.data.classes import imagenet_class_names, read_class_map, write_class_map
 from imagenet_cls.data.images import is_hidden, is_image_file, iter_image_files
-from imagenet_cls.data.layout import SPLITS, split_per_class
+from imagenet_cls.data.layout import SPLITS, DatasetLayout, split_per_class
 from imagenet_cls.errors import UserError, report_user_error
 from imagenet_cls.prepare.check import with_progress
 
@@ -121,6 +121,16 @@ def plan_flat(source: Path, split: tuple[float, float, float], seed: int) -> tup
         if wnid:
             groups.setdefault(wnid, []).append(path)
     return _split_items(groups, split, seed), imagenet_class_names()
+
+
+def plan_layout(items: list[Item], shape: str) -> DatasetLayout:
+    """``items`` as a layout (wnid classes sorted, each split's files in plan order), for one-step optimizing."""
+    classes = sorted({item.wnid for item in items})
+    index = {wnid: i for i, wnid in enumerate(classes)}
+    splits: dict[str, list] = {}
+    for item in items:
+        splits.setdefault(item.split, []).append((str(item.source), index[item.wnid]))
+    return DatasetLayout(classes=classes, splits=splits, kind=shape)
 
 
 def _split_items(groups: dict[str, list[Path]], split: tuple[float, float, float], seed: int) -> list[Item]:
@@ -418,8 +428,8 @@ def _argument_parser() -> argparse.ArgumentParser:
         "--format",
         choices=["folders", "litdata"],
         default="folders",
-        help="folders: class folders (default); litdata: one LitData optimized dataset per split from a prepared "
-        "class-folder SOURCE (see imagenet_cls/prepare/litdata_writer.py)",
+        help="folders: class folders (default); litdata: one LitData optimized dataset per split, read in one pass "
+        "from class folders, Kaggle or flat <wnid>_* files (see imagenet_cls/prepare/litdata_writer.py)",
     )
     parser.add_argument("--max-side", type=int, help="litdata: re-encode images larger than this (changes pixels)")
     parser.add_argument("--quality", type=int, default=90, help="litdata: JPEG quality of re-encoded images")
@@ -463,13 +473,18 @@ def main(argv: list[str] | None = None) -> int:
 def _write_litdata(args: argparse.Namespace) -> int:
     from imagenet_cls.prepare.litdata_writer import write_litdata
 
-    if detect_shape(args.source) != "class_folders":
+    shape = detect_shape(args.source)
+    if shape == "archives":
         raise UserError(
-            f"--format litdata reads class folders: prepare {args.source} first "
+            f"--format litdata does not read the ILSVRC2012 tars yet: prepare {args.source} first "
             "(python -m imagenet_cls.prepare SOURCE FOLDERS), then optimize FOLDERS"
         )
+    planned = None
+    if shape in ("flat", "kaggle"):  # read in place, one pass: no class folders in between
+        items, _ = plan_kaggle(args.source) if shape == "kaggle" else plan_flat(args.source, args.split, args.seed)
+        planned = plan_layout(items, shape)
     done = write_litdata(args.source, args.dest, args.split, args.seed, args.max_side, args.quality,
-                         progress=not args.no_progress)  # fmt: skip
+                         progress=not args.no_progress, planned=planned)  # fmt: skip
     print(f"optimized {done['classes']} classes into {args.dest}: {done['splits']} images per split")
     return 0
 
