@@ -23,9 +23,11 @@ def sample_split() -> tuple[list[tuple[str, int]], list[str]]:
     info = ImageNetInfo()
     wnids = list(info.label_names())
     files = sorted(SAMPLE.glob("*.JPEG"))
-    return [(str(f), wnids.index(f.name.split("_")[0])) for f in files], [
-        info.label_name_to_description(w) for w in wnids
-    ]
+    names: list[str] = []
+    for wnid in wnids:  # a ClassLabel's names are unique: timm's second "crane" gets its wnid
+        name = info.label_name_to_description(wnid)
+        names.append(f"{name} ({wnid})" if name in names else name)
+    return [(str(f), wnids.index(f.name.split("_")[0])) for f in files], names
 
 
 def validate_lite0(data_dir: Path) -> tuple[float, float]:

@@ -60,6 +60,17 @@ def test_imagenet_names_become_wordnet_ids(tmp_path, split_folders):
     splits = {"val": read_layout(split_folders).splits["val"]}
     snapshot = write_parquet_snapshot(splits, [info.label_name_to_description(w) for w in wnids], tmp_path / "in1k")
     assert open_layout(snapshot, (0.8, 0.1, 0.1), 0).classes == wnids
+    from imagenet_cls.data.classes import classes_from_names
+
+    every = list(info.label_names())
+    names = [info.label_name_to_description(w) for w in every]
+    names[every.index("n03126707")] = "crane (machine)"  # a ClassLabel cannot hold timm's two "crane"s
+    assert classes_from_names(names) == every  # by position: 999 of 1000 names are ImageNet's
+    # Out of order, with an ambiguous "crane": no guess; the names are the classes.
+    assert classes_from_names(names[::-1])[:2] == [
+        "toilet_tissue,_toilet_paper,_bathroom_tissue",
+        "ear,_spike,_capitulum",
+    ]
 
 
 def test_class_names_from_the_card_when_the_schema_has_none(tmp_path, split_folders):

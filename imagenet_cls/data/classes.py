@@ -18,6 +18,7 @@ from pathlib import Path
 from imagenet_cls.errors import MissingPathError, UserError
 
 CLASS_MAP_COLUMNS = ("folder", "number", "classes")
+ALLOWED_RENAMES = 10  # ImageNet-1k names in ImageNet's order, but for a few renamed ones: still ImageNet's classes
 
 
 def read_class_map(path: Path) -> dict[str, str]:
@@ -96,16 +97,19 @@ def classes_from_names(names: list[str]) -> list[str]:
     """Class folders for a dataset's class names in label order (a Hugging Face ``ClassLabel``'s, for instance).
 
     ImageNet-1k's names ("tench, Tinca tinca", in label order) become their WordNet ids, so a pretrained ImageNet
-    model evaluates on them with no class map: by position when all 1000 are ImageNet's in its order (two classes
-    share the name "crane"), else by name when each is one ImageNet class's. Other names are kept, spaces as ``_``.
+    model evaluates on them with no class map: by position when 1000 names are ImageNet's in its order (all but a
+    few: timm's two classes named "crane" must differ in a ``ClassLabel``), else by name when each is one ImageNet
+    class's. Other names are kept, spaces as ``_``.
     """
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo()
     wnids = list(info.label_names())
     described = [info.label_name_to_description(wnid) for wnid in wnids]
-    if [_plain(name) for name in names] == [_plain(text) for text in described]:
-        return wnids
+    if len(names) == len(wnids):
+        same = sum(_plain(name) == _plain(text) for name, text in zip(names, described, strict=True))
+        if same >= len(wnids) - ALLOWED_RENAMES:
+            return wnids
     by_name: dict[str, list[str]] = {}
     for wnid, text in zip(wnids, described, strict=True):
         by_name.setdefault(_plain(text), []).append(wnid)
