@@ -51,3 +51,15 @@ def test_lite0_validates_from_parquet_and_shards_as_from_folders(tmp_path, sourc
     top1, images = validate_lite0(data)
     assert images == 1000
     assert top1 == pytest.approx(FOLDERS_TOP1, abs=1e-6), top1
+
+
+def test_lite0_validates_an_optimized_dataset_written_in_one_step_from_the_flat_sample(tmp_path):
+    from imagenet_cls.prepare.sources import main as prepare_main
+
+    dest = tmp_path / "optimized"
+    argv = [str(SAMPLE), str(dest), "--format", "litdata", "--split", "val", "--no-progress"]
+    assert prepare_main(argv) == 0  # the flat <wnid>_*.JPEG folder read once, no class folders in between
+    assert not (tmp_path / "val").exists() and sorted(p.name for p in dest.iterdir() if p.is_dir()) == ["val"]
+    top1, images = validate_lite0(dest)
+    assert images == 1000
+    assert top1 == pytest.approx(FOLDERS_TOP1, abs=1e-6), top1
