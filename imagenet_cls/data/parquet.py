@@ -142,47 +142,54 @@ class ParquetRecords:
         self.labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int32)
         self.unlabelled = bool(len(self.labels)) and bool((self.labels == -1).all())
         self._cache: OrderedDict[int, Any] = OrderedDict()
+        self._files: dict[int, Any] = {}  # open pyarrow ParquetFiles
         self._cache_pid = 0
 
     def __len__(self) -> int:
         return int(self.group_start[-1])
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_cache": OrderedDict()}  # each worker reads its own
+        return {**self.__dict__, "_cache": OrderedDict(), "_files": {}, "_cache_pid": 0}  # each worker its own
 
     def label(self, index: int) -> int:
         return int(self.labels[index])
 
     def name(self, index: int) -> str:
-        column, row = self._row(index)
-        if hasattr(column.type, "get_field_index") and column.type.get_field_index("path") >= 0:
-            path = column.field("path")[row].as_py()
-            if path:
-                return path
+        _, paths, row = self._row(index)
+        if paths is not None and paths[row]:
+            return paths[row]
         file = int(self.group_file[np.searchsorted(self.group_start, index, side="right") - 1])
         return f"{Path(self.files[file]).name}/{index - int(self.group_start[np.searchsorted(self.group_file, file)])}"
 
     def image_bytes(self, index: int) -> bytes:
-        column, row = self._row(index)
-        data = column.field("bytes")[row] if hasattr(column.type, "get_field_index") else column[row]
-        return data.as_py() or b""
+        images, _, row = self._row(index)
+        return images[row] or b""
 
-    def _row(self, index: int):
-        """Row ``index``'s image column chunk (its row group's, cached) and its row there."""
+    def _row(self, index: int) -> tuple[list, list | None, int]:
+        """Row ``index``'s row group as Python lists (image bytes, stored paths; cached) and its row there."""
         import pyarrow.parquet as pq
 
         if not 0 <= index < len(self):
             raise IndexError(f"row {index} of {len(self)}")
         if self._cache_pid != os.getpid():
-            self._cache, self._cache_pid = OrderedDict(), os.getpid()
+            self._cache, self._files, self._cache_pid = OrderedDict(), {}, os.getpid()
         group = int(np.searchsorted(self.group_start, index, side="right") - 1)
         if group in self._cache:
             self._cache.move_to_end(group)
         else:
             file = int(self.group_file[group])
             local = group - int(np.searchsorted(self.group_file, file))
-            table = pq.ParquetFile(self.files[file]).read_row_group(local, columns=[self.image])
-            self._cache[group] = table.column(0).combine_chunks()
-            while len(self._cache) > 1 and sum(c.nbytes for c in self._cache.values()) > CACHE_BYTES:
+            if file not in self._files:  # opening parses the footer: kept open (one per file, a few KB each)
+                self._files[file] = pq.ParquetFile(self.files[file])
+            column = self._files[file].read_row_group(local, columns=[self.image]).column(0)
+            column = column.combine_chunks()
+            if hasattr(column.type, "get_field_index"):  # {bytes, path}
+                has_path = column.type.get_field_index("path") >= 0
+                paths = column.field("path").to_pylist() if has_path else None
+                self._cache[group] = (column.field("bytes").to_pylist(), paths, column.nbytes)
+            else:
+                self._cache[group] = (column.to_pylist(), None, column.nbytes)
+            while len(self._cache) > 1 and sum(c[2] for c in self._cache.values()) > CACHE_BYTES:
                 self._cache.popitem(last=False)
-        return self._cache[group], index - int(self.group_start[group])
+        images, paths, _ = self._cache[group]
+        return images, paths, index - int(self.group_start[group])

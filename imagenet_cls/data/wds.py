@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from imagenet_cls.errors import MissingPathError, UserError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 OPEN_SHARDS = 64  # shard files kept open per process
+INDEX_PROCESSES = 8  # shards indexed at once
 _SPLIT_TOKEN = re.compile(r"(?:^|[-_.])(train|validation|valid|val|test)(?=$|[-_.\d])", re.IGNORECASE)
 
 
@@ -103,7 +105,7 @@ class TarRecords:
 
     def __init__(self, shards: list[Path], where: str) -> None:
         self.shards, self.where = [str(s) for s in shards], where
-        parts = [index_tar(shard) for shard in self.shards]
+        parts = _index_shards(self.shards)
         self.shard_of = np.concatenate(
             [np.full(len(p[0]), number, dtype=np.int32) for number, p in enumerate(parts)] or [np.zeros(0, np.int32)]
         )
@@ -143,6 +145,19 @@ class TarRecords:
         return os.pread(self._open[shard], int(self.sizes[index]), int(self.offsets[index]))
 
 
+def _index_shards(shards: list[str]) -> list:
+    """:func:`index_tar` of each shard; shards in parallel processes (up to 8) when there are several."""
+    workers = min(INDEX_PROCESSES, os.cpu_count() or 1, len(shards))
+    if workers < 2:
+        return [index_tar(shard) for shard in shards]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        return list(pool.map(index_tar, shards, chunksize=max(1, len(shards) // (4 * workers))))
+
+
 def index_tar(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Each sample's image ``(offsets, sizes, labels, names)`` in tar ``path``, from its headers.
 
@@ -160,21 +175,18 @@ def index_tar(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]
         offsets.append(image[0]), sizes.append(image[1]), labels.append(label), names.append(image[2])
 
     with open(path, "rb") as file:
-        for name, offset, size, read in _members(file, path):
-            base, _, extension = name.rpartition("/")[2].partition(".")
-            sample = f"{name.rpartition('/')[0]}/{base}" if "/" in name else base
+        for name, offset, size in _members(file, path):
+            slash = name.rfind("/")
+            dot = name.find(".", slash + 1)
+            sample, extension = (name[:dot], name[dot + 1 :].lower()) if dot >= 0 else (name, "")
             if sample != key:
                 close_sample()
                 key, image, label = sample, None, -1
-            extension = extension.lower()
             if extension in IMAGE_EXTENSIONS and image is None:
                 image = (offset, size, name)
-            elif extension == "cls":
-                label = int(read().decode().strip())
-            elif extension == "json" and label == -1:
-                value = json.loads(read())
-                found = value.get("label", value.get("cls")) if isinstance(value, dict) else None
-                label = int(found) if isinstance(found, (int, str)) and str(found).lstrip("-").isdigit() else -1
+            elif extension == "cls" or (extension == "json" and label == -1):
+                file.seek(offset)
+                label = _label(file.read(size), extension)
         close_sample()
     return (
         np.asarray(offsets, dtype=np.int64),
@@ -184,8 +196,17 @@ def index_tar(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]
     )
 
 
+def _label(data: bytes, extension: str) -> int:
+    """The class index in a ``.cls`` member, or ``label``/``cls`` of a ``.json`` one (-1: none)."""
+    if extension == "cls":
+        return int(data.decode().strip())
+    value = json.loads(data)
+    found = value.get("label", value.get("cls")) if isinstance(value, dict) else None
+    return int(found) if isinstance(found, (int, str)) and str(found).lstrip("-").isdigit() else -1
+
+
 def _members(file, path: str):
-    """``(name, data offset, size, read())`` of each regular file in an open tar, walking its headers."""
+    """``(name, data offset, size)`` of each regular file in an open tar, walking its headers."""
     offset, long_name = 0, None
     while True:
         file.seek(offset)
@@ -198,20 +219,15 @@ def _members(file, path: str):
         size = int.from_bytes(raw_size[1:], "big") if raw_size[0] & 0x80 else int(raw_size.strip(b"\0 ") or b"0", 8)
         kind, data = header[156:157], offset + 512
         name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-        prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
-        name = f"{prefix}/{name}" if prefix else name
+        if header[345]:  # ustar's prefix field: the name's leading folders
+            name = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace") + "/" + name
         if kind in (b"x", b"L"):  # pax extended header or GNU long name: names the next member
             file.seek(data)
             payload = file.read(size)
             long_name = _pax_path(payload) if kind == b"x" else payload.rstrip(b"\0").decode("utf-8", "replace")
         elif kind in (b"0", b"\0", b"7"):
-            name, long_name = long_name or name, None
-
-            def read(start=data, length=size) -> bytes:
-                file.seek(start)
-                return file.read(length)
-
-            yield name, data, size, read
+            yield long_name or name, data, size
+            long_name = None
         offset = data + (size + 511) // 512 * 512
 
 
