@@ -73,6 +73,14 @@ class ChunkFiles:
             except OSError:
                 pass
 
+    def has_item_offsets(self) -> bool:
+        """Whether the items lie between the chunk offsets (LitData's layout without an Arrow footer)."""
+        if len(self.starts) < 2 or self.starts[1] == 0:
+            return True
+        descriptor = self._descriptor(0)
+        begin, end = struct.unpack("<II", os.pread(descriptor, 8, 4))
+        return end > begin
+
     def item_bytes(self, index: int) -> bytes:
         """Item ``index`` of the split, serialized as LitData wrote it."""
         chunk = bisect.bisect_right(self.starts, index) - 1
@@ -191,7 +199,10 @@ class OptimizedSplit:
             # random order (training) a page fault reads ahead around it (the device's read-ahead, 8 MB on some
             # virtual disks) and it advises the kernel to read whole chunks (64 MB): a dataset larger than the page
             # cache is then read from disk many times over. Its reads from a bucket are byte ranges already.
-            self._chunks = None if self.remote else ChunkFiles(Path(self.url))
+            chunks = None if self.remote else ChunkFiles(Path(self.url))
+            # LitData 0.2.76 with pyarrow installed writes a flat {bytes, int, str} item into an Arrow footer (the
+            # offsets then hold no item): such a split is read by LitData's own reader.
+            self._chunks = chunks if chunks is not None and chunks.has_item_offsets() else None
             self._reader_pid = os.getpid()
             # len() of LitData's dataset is this rank's share under DDP; its chunks hold the whole split.
             stored = sum(end - start for start, end in self._reader.region_of_interest)
