@@ -110,11 +110,25 @@ def test_max_side_reencodes_only_larger_images(tmp_path):
     assert json.loads((dest / "dataset.json").read_text())["options"] == {"max_side": 48, "quality": 85}
 
 
-def test_optimize_refuses_other_source_shapes(tmp_path, capsys):
+def test_optimize_reads_a_flat_folder_in_one_step_and_refuses_tars(tmp_path, capsys):
     flat = tmp_path / "flat"
-    write_image(flat / "n00000001_1.jpg", (1, 2, 3))
-    assert prepare_main([str(flat), str(tmp_path / "out"), "--format", "litdata"]) == 2
-    assert "prepare" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    colours = {1: (200, 0, 0), 2: (0, 0, 200)}
+    files = [
+        write_image(flat / f"n0000000{c}_{i}.jpg", colour, seed=i) for c, colour in colours.items() for i in range(5)
+    ]
+    dest = optimize(flat, tmp_path / "out", "--split", "val")
+    assert json.loads((dest / "dataset.json").read_text())["classes"] == ["n00000001", "n00000002"]
+    stored = items(dest / "val")
+    by_name = {item["name"]: item for item in stored}  # each class's files in its seeded split order
+    assert sorted(by_name) == sorted(f.name for f in files) and len(stored) == 10
+    assert all(bytes(by_name[f.name]["image"]) == f.read_bytes() for f in files)
+    assert all(int(by_name[f.name]["label"]) == int(f.name[8]) - 1 for f in files)
+    assert not any(p.is_dir() for p in dest.glob("val/*"))  # no intermediate class folders
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    (archives / "ILSVRC2012_img_val.tar").write_bytes(b"")
+    assert prepare_main([str(archives), str(tmp_path / "out2"), "--format", "litdata"]) == 2
+    assert "prepare" in capsys.readouterr().err and not (tmp_path / "out2").exists()
 
 
 def test_fit_and_validate_from_optimized_equal_folders(class_folders, tmp_path):

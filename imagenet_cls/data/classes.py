@@ -18,6 +18,7 @@ from pathlib import Path
 from imagenet_cls.errors import MissingPathError, UserError
 
 CLASS_MAP_COLUMNS = ("folder", "number", "classes")
+ALLOWED_RENAMES = 10  # ImageNet-1k names in ImageNet's order, but for a few renamed ones: still ImageNet's classes
 
 
 def read_class_map(path: Path) -> dict[str, str]:
@@ -90,3 +91,33 @@ def classes_without_data(num_classes: int, class_map: Path | None = None) -> lis
 
 def _is_wnid(folder: str) -> bool:
     return folder.startswith("n") and folder[1:].isdigit() and len(folder) == 9
+
+
+def classes_from_names(names: list[str]) -> list[str]:
+    """Class folders for a dataset's class names in label order (a Hugging Face ``ClassLabel``'s, for instance).
+
+    ImageNet-1k's names ("tench, Tinca tinca", in label order) become their WordNet ids, so a pretrained ImageNet
+    model evaluates on them with no class map: by position when 1000 names are ImageNet's in its order (all but a
+    few: timm's two classes named "crane" must differ in a ``ClassLabel``), else by name when each is one ImageNet
+    class's. Other names are kept, spaces as ``_``.
+    """
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    wnids = list(info.label_names())
+    described = [info.label_name_to_description(wnid) for wnid in wnids]
+    if len(names) == len(wnids):
+        same = sum(_plain(name) == _plain(text) for name, text in zip(names, described, strict=True))
+        if same >= len(wnids) - ALLOWED_RENAMES:
+            return wnids
+    by_name: dict[str, list[str]] = {}
+    for wnid, text in zip(wnids, described, strict=True):
+        by_name.setdefault(_plain(text), []).append(wnid)
+    found = [by_name.get(_plain(name), []) for name in names]
+    if names and all(len(match) == 1 for match in found):
+        return [match[0] for match in found]
+    return [_one_token(name) for name in names]
+
+
+def _plain(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").split())

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from imagenet_cls.data.layout import DatasetLayout, read_layout
+from imagenet_cls.data.layout import DatasetLayout
 from imagenet_cls.data.loaders import BoundedDataLoader, EvalSampler, ignore_shutdown_signals
 from imagenet_cls.errors import UserError
 
@@ -35,17 +35,13 @@ def scan_data_dir(
 ) -> DatasetLayout:
     """The classes and per-split samples of ``--data.data_dir`` (a one-line error when it is not set).
 
-    An optimized dataset (local or ``s3://``) gives an :class:`~imagenet_cls.data.streaming.OptimizedLayout`.
+    The backend (class folders, optimized, parquet, WebDataset) is decided by :mod:`~imagenet_cls.data.backends`.
     """
-    from imagenet_cls.data.streaming import is_optimized, read_optimized_layout
+    from imagenet_cls.data.backends import open_layout
 
     if data_dir is None:
         raise UserError("--data.data_dir is not set: point it at a folder of class folders (or train/ val/)")
-    layout = (
-        read_optimized_layout(data_dir, storage_options)
-        if is_optimized(data_dir)
-        else read_layout(Path(data_dir), tuple(split), split_seed)
-    )
+    layout = open_layout(data_dir, tuple(split), split_seed, storage_options)
     if layout.kind != "class folders" and (tuple(split) != DEFAULT_SPLIT or split_seed != 0):
         log.warning(
             "--data.split/--data.split_seed do not apply to %s (%s): its splits are fixed (%s)",
@@ -203,8 +199,10 @@ class ImageNetDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         """Build the datasets of ``stage`` with the preprocessing handed over by ``set_preprocessing``."""
+        from imagenet_cls.data.backends import open_predict_split
         from imagenet_cls.data.datasets import PredictDataset, resolve_predict_paths
-        from imagenet_cls.data.streaming import StreamingPredictDataset, optimized_split
+        from imagenet_cls.data.records import RecordPredictDataset
+        from imagenet_cls.data.streaming import OptimizedSplit, StreamingPredictDataset
         from imagenet_cls.data.transforms import create_eval_transform, create_train_transform
 
         if self.data_config is None:
@@ -214,9 +212,12 @@ class ImageNetDataModule(LightningDataModule):
             if not self.predict_path:
                 raise UserError("predict needs --data.predict_path <file|folder|glob|list>")
             cache_dir = str(self.cache_dir) if self.cache_dir is not None else None
-            split = optimized_split(self.predict_path, self.storage_options, cache_dir)
-            if split is not None:
+            split = open_predict_split(self.predict_path, self.storage_options, cache_dir)
+            if isinstance(split, OptimizedSplit):
                 dataset = StreamingPredictDataset(split, eval_transform, self.display_size, self.sample_timeout)
+                self.predict_root = None
+            elif split is not None:
+                dataset = RecordPredictDataset(split, eval_transform, self.display_size, self.sample_timeout)
                 self.predict_root = None
             else:
                 paths, self.predict_root = resolve_predict_paths(self.predict_path)
@@ -224,7 +225,7 @@ class ImageNetDataModule(LightningDataModule):
                     paths, self.predict_root, eval_transform, self.display_size, self.sample_timeout
                 )
             self.datasets["predict"] = dataset
-            log.info("predict: %d images under %s", len(dataset), split.url if split else self.predict_root)
+            log.info("predict: %d images under %s", len(dataset), self.predict_root or self.predict_path)
             return
         if self.mode != "train":
             raise UserError(f"{stage} needs --data.data_dir (and --data.mode train, not predict)")
@@ -239,8 +240,12 @@ class ImageNetDataModule(LightningDataModule):
     def _dataset(self, split: str, transform) -> ImageFileDataset:
         """``split``'s labelled images: files of the folder layout, or items of an optimized dataset."""
         from imagenet_cls.data.datasets import ImageFileDataset
+        from imagenet_cls.data.records import RecordDataset, RecordLayout
         from imagenet_cls.data.streaming import OptimizedLayout, StreamingImageDataset
 
+        if isinstance(self.layout, RecordLayout):
+            records = self.layout.labelled(split)
+            return RecordDataset(records, transform, self.skip_bad_images, self.sample_timeout, self.label_map)
         if isinstance(self.layout, OptimizedLayout):
             return StreamingImageDataset(
                 self.layout.split_url(split),

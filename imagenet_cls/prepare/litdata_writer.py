@@ -22,9 +22,12 @@ import shutil
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagenet_cls.errors import UserError
+
+if TYPE_CHECKING:
+    from imagenet_cls.data.layout import DatasetLayout
 
 DATASET_FILE = "dataset.json"  # marks an optimized dataset and carries its classes
 FORMAT = "imagenet_cls-litdata-1"
@@ -42,6 +45,7 @@ def write_litdata(
     num_workers: int | None = None,
     progress: bool = True,
     chunk_size: int | None = None,
+    planned: DatasetLayout | None = None,
 ) -> dict[str, Any]:
     """Optimize the class-folder dataset ``source`` into ``dest`` (see the module doc); returns what was written.
 
@@ -58,6 +62,8 @@ def write_litdata(
         num_workers: LitData worker processes; default: the CPU count.
         progress: Show LitData's progress bar.
         chunk_size: Items per chunk; None: chunks of 64 MB (LitData's ``chunk_bytes``).
+        planned: The samples of each split when ``source`` is another shape prepare reads (Kaggle, flat
+            ``<wnid>_*`` files): the files are read where they are, in one pass, with no class folders written.
     """
     # Long on purpose: per split, plan, keep-if-done, optimize and record share their state.
     from imagenet_cls.data.classes import class_names, write_class_map
@@ -72,7 +78,7 @@ def write_litdata(
         raise UserError(f"--max-side {max_side} is too small: give the longer side in pixels (e.g. 320)")
     if not 1 <= quality <= 100:
         raise UserError(f"--quality {quality} must be between 1 and 100")
-    layout = read_layout(source, split, seed)
+    layout = planned if planned is not None else read_layout(source, split, seed)
     options = {"max_side": max_side, "quality": quality if max_side else None}
     dest.mkdir(parents=True, exist_ok=True)
     previous = _read_json(dest / DATASET_FILE)

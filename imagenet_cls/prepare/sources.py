@@ -21,29 +21,21 @@ not end up in two splits).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import json
-import os
 import re
-import shutil
 import sys
-import tarfile
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from imagenet_cls.data.classes import imagenet_class_names, read_class_map, write_class_map
 from imagenet_cls.data.images import is_hidden, is_image_file, iter_image_files
-from imagenet_cls.data.layout import SPLITS, split_per_class
+from imagenet_cls.data.layout import SPLITS, DatasetLayout, split_per_class
 from imagenet_cls.errors import UserError, ignore_file_size_signal, report_disk_full, report_user_error
-from imagenet_cls.prepare.check import with_progress
+from imagenet_cls.prepare.archives import _archive_val_labels, extract_archives  # noqa: F401 (old path)
+from imagenet_cls.prepare.placing import RECORD, Mode, _place_one, _same_size, place, record_arguments  # noqa: F401
 
-Mode = Literal["auto", "link", "symlink", "copy"]
 WNID = re.compile(r"^n\d{8}$")
 KAGGLE_ROOT = Path("ILSVRC/Data/CLS-LOC")
-RECORD = "prepare.json"  # DEST's split arguments
 
 
 @dataclass(frozen=True)
@@ -123,6 +115,16 @@ def plan_flat(source: Path, split: tuple[float, float, float], seed: int) -> tup
     return _split_items(groups, split, seed), imagenet_class_names()
 
 
+def plan_layout(items: list[Item], shape: str) -> DatasetLayout:
+    """``items`` as a layout (wnid classes sorted, each split's files in plan order), for one-step optimizing."""
+    classes = sorted({item.wnid for item in items})
+    index = {wnid: i for i, wnid in enumerate(classes)}
+    splits: dict[str, list] = {}
+    for item in items:
+        splits.setdefault(item.split, []).append((str(item.source), index[item.wnid]))
+    return DatasetLayout(classes=classes, splits=splits, kind=shape)
+
+
 def _split_items(groups: dict[str, list[Path]], split: tuple[float, float, float], seed: int) -> list[Item]:
     items = []
     for wnid, paths in sorted(groups.items()):
@@ -157,149 +159,6 @@ def _numbers(class_map_file: Path) -> dict[str, str]:
 
 
 # ---- placing files -------------------------------------------------------------------------------------------
-def place(items: list[Item], dest: Path, mode: Mode = "auto", progress: bool = True) -> dict[str, int]:
-    """Link or copy every item into DEST; files already there (same size) are skipped. Returns counts."""
-    counts = {"placed": 0, "skipped": 0}
-    chosen = mode
-    folders: set[Path] = set()
-    for item in with_progress(items, "preparing", progress):
-        folder = dest / item.split / item.wnid
-        target = folder / item.name
-        if _same_size(target, item.source):
-            counts["skipped"] += 1
-            continue
-        if folder not in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            folders.add(folder)
-        chosen = _place_one(item.source, target, chosen)
-        counts["placed"] += 1
-    counts["mode"] = chosen
-    return counts
-
-
-def _same_size(target: Path, source: Path | int) -> bool:
-    """Whether ``target`` exists with the size of ``source`` (a path or a size): one ``stat`` when it is absent."""
-    try:
-        size = os.stat(target).st_size
-    except FileNotFoundError:
-        return False
-    return size == (source if isinstance(source, int) else os.stat(source).st_size)
-
-
-def _place_one(source: Path, target: Path, mode: Mode) -> Mode:
-    """Place one file; in ``auto`` mode fall back link -> symlink -> copy and remember what worked.
-
-    A target is either complete or absent: links are made in one step (through ``.partial`` when a stale target
-    must be replaced), copies are written to ``.partial`` and renamed.
-    """
-    partial = target.with_name(target.name + ".partial")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(partial)  # left by an interrupted run
-    order = {"auto": ["link", "symlink", "copy"], "link": ["link"], "symlink": ["symlink"], "copy": ["copy"]}[mode]
-    for way in order:
-        try:
-            if way == "copy":
-                shutil.copy2(source, partial)
-                os.replace(partial, target)
-            else:
-                make = os.link if way == "link" else os.symlink
-                origin = source if way == "link" else os.path.abspath(source)
-                try:
-                    make(origin, target)
-                except FileExistsError:  # a stale file of another size from an earlier run
-                    make(origin, partial)
-                    os.replace(partial, target)
-            return way if mode == "auto" else mode
-        except OSError:
-            if way == order[-1]:
-                raise
-    return mode
-
-
-def extract_archives(source: Path, dest: Path, progress: bool = True) -> tuple[int, dict[str, str]]:
-    """Extract ILSVRC2012's train tar (a tar of per-class tars) and val tar into DEST; returns files written.
-
-    Each tar is read once, member after member: finding members by name would walk the member list once per
-    member (50,000² steps for the val tar).
-    """
-    written = 0
-    train_tar = source / "ILSVRC2012_img_train.tar"
-    if train_tar.is_file():
-        with tarfile.open(train_tar) as outer:
-            for member in with_progress(outer, "train classes", progress):
-                wnid = Path(member.name).stem
-                if not member.isfile() or not WNID.match(wnid):
-                    continue
-                folder = dest / "train" / wnid
-                done_marker = folder / ".complete"
-                if done_marker.exists():
-                    continue
-                folder.mkdir(parents=True, exist_ok=True)
-                with tarfile.open(fileobj=outer.extractfile(member)) as inner:
-                    written += _extract_images(inner, inner, lambda name, f=folder: f)
-                done_marker.write_text("ok\n")
-    val_tar = source / "ILSVRC2012_img_val.tar"
-    if val_tar.is_file():
-        labels = _archive_val_labels(source)
-        folders: dict[str, Path] = {}
-
-        def val_folder(name: str) -> Path | None:
-            wnid = labels.get(name.rsplit(".", 1)[0])
-            if wnid is None:
-                return None
-            if wnid not in folders:
-                folders[wnid] = dest / "val" / wnid
-                folders[wnid].mkdir(parents=True, exist_ok=True)
-            return folders[wnid]
-
-        with tarfile.open(val_tar) as tar:
-            written += _extract_images(tar, with_progress(tar, "val images", progress), val_folder)
-    return written, imagenet_class_names()
-
-
-def _extract_images(
-    tar: tarfile.TarFile, members: Iterable[tarfile.TarInfo], folder_of: Callable[[str], Path | None]
-) -> int:
-    """Write each image of ``members`` (``tar`` iterated once) to ``folder_of(its base name)``; None skips it."""
-    count = 0
-    for member in members:
-        name = os.path.basename(member.name)  # flatten: never write outside the class folder
-        if not member.isfile() or not is_image_file(name):
-            continue
-        folder = folder_of(name)
-        if folder is None:
-            continue
-        target = folder / name
-        if _same_size(target, member.size):
-            continue
-        partial = target.with_name(name + ".partial")
-        with tar.extractfile(member) as data, open(partial, "wb") as out:
-            shutil.copyfileobj(data, out)
-        os.replace(partial, target)
-        count += 1
-    return count
-
-
-def _archive_val_labels(source: Path) -> dict[str, str]:
-    """ILSVRC2012 val labels: ``LOC_val_solution.csv`` if present, else the devkit's ground truth."""
-    if (source / "LOC_val_solution.csv").is_file():
-        return _val_solution(source)
-    devkit = source / "ILSVRC2012_devkit_t12.tar.gz"
-    if not devkit.is_file():
-        raise UserError(f"{source}: ILSVRC2012_img_val.tar needs ILSVRC2012_devkit_t12.tar.gz or LOC_val_solution.csv")
-    import io
-
-    from scipy.io import loadmat
-
-    with tarfile.open(devkit) as tar:
-        meta = tar.extractfile("ILSVRC2012_devkit_t12/data/meta.mat").read()
-        truth = tar.extractfile("ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt").read()
-    synsets = loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
-    id_to_wnid = {int(s[0]): str(s[1]) for s in synsets if int(s[4]) == 0}  # leaf classes: num_children == 0
-    labels = [id_to_wnid[int(v)] for v in truth.decode().split()]
-    return {f"ILSVRC2012_val_{i:08d}": wnid for i, wnid in enumerate(labels, start=1)}
-
-
 # ---- the command ---------------------------------------------------------------------------------------------
 def prepare(
     source: Path,
@@ -328,42 +187,6 @@ def prepare(
     classes = sorted({p.name for s in SPLITS if (dest / s).is_dir() for p in (dest / s).iterdir() if p.is_dir()})
     write_class_map(dest / "folder_num_class_map.txt", classes, names)
     return {"shape": shape, "classes": len(classes), **counts}
-
-
-def record_arguments(dest: Path, shape: str, split: tuple[float, float, float], seed: int) -> None:
-    """Write DEST's split arguments to ``DEST/prepare.json``, or refuse arguments other than those recorded.
-
-    Re-running with another split would keep the earlier placements too, so an image could be in train and val.
-    Nothing is moved when this refuses.
-
-    Raises:
-        UserError: DEST was prepared with other split arguments, or holds split folders but no record.
-    """
-    splits_itself = shape in ("class_folders", "flat")  # Kaggle's and the archives' splits are fixed
-    wanted = {"split": list(split) if splits_itself else None, "seed": seed if splits_itself else None}
-    record = dest / RECORD
-    if record.is_file():
-        recorded = json.loads(record.read_text(encoding="utf-8"))
-        if {key: recorded.get(key) for key in wanted} != wanted:
-            raise UserError(
-                f"DEST {dest} was prepared with {_describe(recorded)} ({record}); this run asks {_describe(wanted)}: "
-                "rerun with those arguments, or prepare into a new DEST"
-            )
-        return
-    if any((dest / split_name).is_dir() for split_name in SPLITS):
-        raise UserError(
-            f"DEST {dest} already holds split folders but no {RECORD} (its split is unknown): prepare into a new DEST"
-        )
-    dest.mkdir(parents=True, exist_ok=True)
-    partial = record.with_name(RECORD + ".partial")
-    partial.write_text(json.dumps({"shape": shape, **wanted}, indent=1) + "\n", encoding="utf-8")
-    os.replace(partial, record)
-
-
-def _describe(arguments: dict) -> str:
-    if arguments.get("split") is None:
-        return "the source's own split"
-    return f"--split {','.join(f'{f:g}' for f in arguments['split'])} --seed {arguments['seed']}"
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -418,8 +241,8 @@ def _argument_parser() -> argparse.ArgumentParser:
         "--format",
         choices=["folders", "litdata"],
         default="folders",
-        help="folders: class folders (default); litdata: one LitData optimized dataset per split from a prepared "
-        "class-folder SOURCE (see imagenet_cls/prepare/litdata_writer.py)",
+        help="folders: class folders (default); litdata: one LitData optimized dataset per split, read in one pass "
+        "from class folders, Kaggle or flat <wnid>_* files (see imagenet_cls/prepare/litdata_writer.py)",
     )
     parser.add_argument("--max-side", type=int, help="litdata: re-encode images larger than this (changes pixels)")
     parser.add_argument("--quality", type=int, default=90, help="litdata: JPEG quality of re-encoded images")
@@ -466,13 +289,18 @@ def main(argv: list[str] | None = None) -> int:
 def _write_litdata(args: argparse.Namespace) -> int:
     from imagenet_cls.prepare.litdata_writer import write_litdata
 
-    if detect_shape(args.source) != "class_folders":
+    shape = detect_shape(args.source)
+    if shape == "archives":
         raise UserError(
-            f"--format litdata reads class folders: prepare {args.source} first "
+            f"--format litdata does not read the ILSVRC2012 tars yet: prepare {args.source} first "
             "(python -m imagenet_cls.prepare SOURCE FOLDERS), then optimize FOLDERS"
         )
+    planned = None
+    if shape in ("flat", "kaggle"):  # read in place, one pass: no class folders in between
+        items, _ = plan_kaggle(args.source) if shape == "kaggle" else plan_flat(args.source, args.split, args.seed)
+        planned = plan_layout(items, shape)
     done = write_litdata(args.source, args.dest, args.split, args.seed, args.max_side, args.quality,
-                         progress=not args.no_progress)  # fmt: skip
+                         progress=not args.no_progress, planned=planned)  # fmt: skip
     print(f"optimized {done['classes']} classes into {args.dest}: {done['splits']} images per split")
     return 0
 

@@ -1,0 +1,240 @@
+"""WebDataset tar shards read in place, by index: a tar offset index, then one ``pread`` per image.
+
+Shards are a folder of ``.tar`` files or a brace pattern (``train-{0000..0146}.tar``); each shard's split is the
+``train``/``validation``/``val``/``test`` in its name, or the file lists of an ``_info.json`` (timm/imagenet-1k-wds).
+A sample is the consecutive members sharing a key (``<key>.jpg`` + ``<key>.cls``): its image is a ``.jpg``,
+``.jpeg``, ``.png`` or ``.webp``; its label the integer in ``.cls``, else ``label``/``cls`` in ``.json``.
+
+Indexing walks each shard's 512-byte headers (seeking over the image data; the small label members are read), so
+setting up touches ~1 KB per sample. The index keeps, per sample, its shard, offset, size, label and name in a few
+NumPy arrays (~30 bytes a sample). The ``webdataset`` package reads shards as a stream: it has no random access, so
+it could not serve the samplers the other sources share (per-sample seeds, DDP sharding, exact resume).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagenet_cls.data.records import SPLIT_NAMES, RecordLayout, check_labels, numbered_classes
+from imagenet_cls.errors import MissingPathError, UserError
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+OPEN_SHARDS = 64  # shard files kept open per process
+INDEX_PROCESSES = 8  # shards indexed at once
+_SPLIT_TOKEN = re.compile(r"(?:^|[-_.])(train|validation|valid|val|test)(?=$|[-_.\d])", re.IGNORECASE)
+
+
+def is_brace_pattern(spec: str) -> bool:
+    """Whether ``spec`` names shards by a brace pattern (``train-{0000..0146}.tar``)."""
+    return "{" in spec and ".." in spec and spec.rstrip("/").endswith(".tar")
+
+
+def wds_shards(spec: str | Path) -> dict[str, list[Path]]:
+    """``{split: shards}`` of a folder of tar shards, a brace pattern, or one ``.tar`` (``{}``: not shards)."""
+    spec = str(spec)
+    if is_brace_pattern(spec):
+        from braceexpand import braceexpand
+
+        files = [Path(name) for name in braceexpand(spec)]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise MissingPathError(f"{spec}: {len(missing)} shards missing, such as {missing[0]}")
+        return _by_split(files)
+    path = Path(spec)
+    if path.is_file():
+        return {"": [path]} if path.suffix == ".tar" else {}
+    if not path.is_dir():
+        return {}
+    info = path / "_info.json"
+    if info.is_file():
+        splits = json.loads(info.read_text(encoding="utf-8")).get("splits", {})
+        listed = {
+            SPLIT_NAMES.get(name.lower(), name): [path / f for f in split["filenames"]]
+            for name, split in splits.items()
+            if split.get("filenames")
+        }
+        if listed:
+            return listed
+    return _by_split(sorted(path.glob("*.tar")))
+
+
+def _by_split(files: list[Path]) -> dict[str, list[Path]]:
+    splits: dict[str, list[Path]] = {}
+    for file in files:
+        match = _SPLIT_TOKEN.search(file.stem)
+        splits.setdefault(SPLIT_NAMES[match.group(1).lower()] if match else "", []).append(file)
+    return splits
+
+
+def read_wds_layout(spec: str | Path, shards: dict[str, list[Path]]) -> RecordLayout:
+    """The classes and per-split records of WebDataset shards."""
+    where = str(spec).rstrip("/")
+    records = {split: TarRecords(files, where) for split, files in shards.items()}
+    info = Path(spec) / "_info.json"
+    names = None
+    if not is_brace_pattern(str(spec)) and info.is_file():
+        names = json.loads(info.read_text(encoding="utf-8")).get("class_names")
+    if names:
+        from imagenet_cls.data.classes import classes_from_names
+
+        classes = classes_from_names(list(names))
+    else:
+        classes = numbered_classes(records.values())
+    for split_records in records.values():
+        check_labels(split_records.labels, len(classes), split_records.where)
+    return RecordLayout(
+        classes=classes, splits={s: range(len(r)) for s, r in records.items()}, kind="webdataset", records=records
+    )
+
+
+class TarRecords:
+    """The samples of one split's tar shards, by global index (image bytes by ``pread``).
+
+    Args:
+        shards: The split's tar files, in order.
+        where: The folder or pattern they were given as, for names in messages.
+    """
+
+    def __init__(self, shards: list[Path], where: str) -> None:
+        self.shards, self.where = [str(s) for s in shards], where
+        parts = _index_shards(self.shards)
+        self.shard_of = np.concatenate(
+            [np.full(len(p[0]), number, dtype=np.int32) for number, p in enumerate(parts)] or [np.zeros(0, np.int32)]
+        )
+        self.offsets = np.concatenate([p[0] for p in parts] or [np.zeros(0, np.int64)])
+        self.sizes = np.concatenate([p[1] for p in parts] or [np.zeros(0, np.int64)])
+        self.labels = np.concatenate([p[2] for p in parts] or [np.zeros(0, np.int32)])
+        names = [p[3] for p in parts]
+        self.names = "".join("".join(n) for n in names)
+        self.ends = np.cumsum([len(name) for n in names for name in n], dtype=np.int64)
+        self.unlabelled = bool(len(self.labels)) and bool((self.labels == -1).all())
+        self._open: OrderedDict[int, int] = OrderedDict()
+        self._pid = 0
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_open": OrderedDict()}  # each worker opens its own
+
+    def label(self, index: int) -> int:
+        return int(self.labels[index])
+
+    def name(self, index: int) -> str:
+        start = int(self.ends[index - 1]) if index else 0
+        return self.names[start : int(self.ends[index])]
+
+    def image_bytes(self, index: int) -> bytes:
+        if self._pid != os.getpid():
+            self._open, self._pid = OrderedDict(), os.getpid()
+        shard = int(self.shard_of[index])
+        if shard in self._open:
+            self._open.move_to_end(shard)
+        else:
+            if len(self._open) >= OPEN_SHARDS:
+                os.close(self._open.popitem(last=False)[1])
+            self._open[shard] = os.open(self.shards[shard], os.O_RDONLY)
+        return os.pread(self._open[shard], int(self.sizes[index]), int(self.offsets[index]))
+
+
+def _index_shards(shards: list[str]) -> list:
+    """:func:`index_tar` of each shard; shards in parallel processes (up to 8) when there are several."""
+    workers = min(INDEX_PROCESSES, os.cpu_count() or 1, len(shards))
+    if workers < 2:
+        return [index_tar(shard) for shard in shards]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        return list(pool.map(index_tar, shards, chunksize=max(1, len(shards) // (4 * workers))))
+
+
+def index_tar(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Each sample's image ``(offsets, sizes, labels, names)`` in tar ``path``, from its headers.
+
+    Raises:
+        UserError: the file is not a tar, or a sample has no image.
+    """
+    offsets, sizes, labels, names = [], [], [], []
+    key, image, label = None, None, -1
+
+    def close_sample() -> None:
+        if key is None:
+            return
+        if image is None:
+            raise UserError(f"{path}: sample {key!r} has no image ({', '.join(IMAGE_EXTENSIONS)})")
+        offsets.append(image[0]), sizes.append(image[1]), labels.append(label), names.append(image[2])
+
+    with open(path, "rb") as file:
+        for name, offset, size in _members(file, path):
+            slash = name.rfind("/")
+            dot = name.find(".", slash + 1)
+            sample, extension = (name[:dot], name[dot + 1 :].lower()) if dot >= 0 else (name, "")
+            if sample != key:
+                close_sample()
+                key, image, label = sample, None, -1
+            if extension in IMAGE_EXTENSIONS and image is None:
+                image = (offset, size, name)
+            elif extension == "cls" or (extension == "json" and label == -1):
+                file.seek(offset)
+                label = _label(file.read(size), extension)
+        close_sample()
+    return (
+        np.asarray(offsets, dtype=np.int64),
+        np.asarray(sizes, dtype=np.int64),
+        np.asarray(labels, dtype=np.int32),
+        names,
+    )
+
+
+def _label(data: bytes, extension: str) -> int:
+    """The class index in a ``.cls`` member, or ``label``/``cls`` of a ``.json`` one (-1: none)."""
+    if extension == "cls":
+        return int(data.decode().strip())
+    value = json.loads(data)
+    found = value.get("label", value.get("cls")) if isinstance(value, dict) else None
+    return int(found) if isinstance(found, (int, str)) and str(found).lstrip("-").isdigit() else -1
+
+
+def _members(file, path: str):
+    """``(name, data offset, size)`` of each regular file in an open tar, walking its headers."""
+    offset, long_name = 0, None
+    while True:
+        file.seek(offset)
+        header = file.read(512)
+        if len(header) < 512 or header == bytes(512):
+            return
+        if header[257:262] != b"ustar" and offset == 0:
+            raise UserError(f"{path} is not a tar file (no ustar header): give WebDataset .tar shards")
+        raw_size = header[124:136]
+        size = int.from_bytes(raw_size[1:], "big") if raw_size[0] & 0x80 else int(raw_size.strip(b"\0 ") or b"0", 8)
+        kind, data = header[156:157], offset + 512
+        name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+        if header[345]:  # ustar's prefix field: the name's leading folders
+            name = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace") + "/" + name
+        if kind in (b"x", b"L"):  # pax extended header or GNU long name: names the next member
+            file.seek(data)
+            payload = file.read(size)
+            long_name = _pax_path(payload) if kind == b"x" else payload.rstrip(b"\0").decode("utf-8", "replace")
+        elif kind in (b"0", b"\0", b"7"):
+            yield long_name or name, data, size
+            long_name = None
+        offset = data + (size + 511) // 512 * 512
+
+
+def _pax_path(payload: bytes) -> str | None:
+    for record in payload.decode("utf-8", "replace").splitlines():
+        _, _, field = record.partition(" ")
+        key, _, value = field.partition("=")
+        if key == "path":
+            return value
+    return None
