@@ -23,6 +23,7 @@ from imagenet_cls.callbacks.peers import PeerWatch
 from imagenet_cls.cli import config_edits as edits
 from imagenet_cls.cli.failures import FailureAdvice
 from imagenet_cls.cli.lightning_adapter import SubcommandArgumentsCLI, drop_unset_wandb_anonymous
+from imagenet_cls.cli.logging_setup import configure_logging
 from imagenet_cls.cli.wandb_setup import wandb_offline_without_key
 from imagenet_cls.data.datamodule import ImageNetDataModule, scan_data_dir
 from imagenet_cls.data.layout import DatasetLayout
@@ -321,32 +322,3 @@ def main(args: list[str] | None = None) -> int:
                 signal.signal(signum, signal.SIG_IGN)
         raise
     return 0
-
-
-# Lightning's start-up lines nobody needs: promotional tips, an internal step, hardware that is not there.
-LIGHTNING_NOISE = (
-    "💡 Tip",
-    "Loading `train_dataloader` to estimate number of stepping batches",
-    "TPU available: False",
-)
-
-
-def _drop_lightning_noise(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(LIGHTNING_NOISE)
-
-
-def configure_logging() -> None:
-    """Our log lines on stderr; Lightning's and torch's noise filtered at its source (the demo calls this too)."""
-    # Lightning 2.6 builds torch's deprecated LeafSpec (torch 2.14 here warns); nothing a user can change.
-    warnings.filterwarnings(
-        "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning, module=r"lightning\.pytorch"
-    )
-    for handler in logging.getLogger("lightning.pytorch").handlers:
-        if _drop_lightning_noise not in handler.filters:
-            handler.addFilter(_drop_lightning_noise)
-    logger = logging.getLogger("imagenet_cls")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)

@@ -20,6 +20,8 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,12 +114,25 @@ def _optimize_split(
     chunk_size: int | None = None,
 ) -> None:
     os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")  # no PyPI request from LitData
-    from litdata import optimize
-
     workers = max(1, min(num_workers or os.cpu_count() or 1, len(inputs)))
     print(f"{out.name}: {len(inputs)} images -> {out} ({workers} workers)", file=sys.stderr)
     # In batches, appended in order: LitData 0.2.76's ordered mode hands each worker its items by popping the front
     # of a list, which costs the list's length per item (1.2M images: two thirds of the time went there).
+    with item_offsets_kept():
+        _optimize_batches(inputs, out, max_side, quality, workers, progress, chunk_size)
+
+
+def _optimize_batches(
+    inputs: list[tuple[str, int, str]],
+    out: Path,
+    max_side: int | None,
+    quality: int,
+    workers: int,
+    progress: bool,
+    chunk_size: int | None,
+) -> None:
+    from litdata import optimize
+
     for start in range(0, len(inputs), ITEMS_PER_CALL):
         batch = inputs[start : start + ITEMS_PER_CALL]
         if len(inputs) > ITEMS_PER_CALL:
@@ -143,11 +158,41 @@ def encode_sample(item: tuple[str, int, str], max_side: int | None = None, quali
     A file that cannot be re-encoded is stored as it is: training reports it (or skips it with
     ``--data.skip_bad_images``) exactly as it would from the folders.
     """
+    _keep_item_offsets()  # in the worker that writes (a spawned one does not inherit the parent's setting)
     path, label, name = item
     data = Path(path).read_bytes()
     if max_side is not None:
         data = shrink(data, max_side, quality) or data
     return {"image": data, "label": label, "name": name}
+
+
+@contextmanager
+def item_offsets_kept() -> Iterator[None]:
+    """LitData writes each chunk as item offsets + item bytes (its classic layout) inside the block.
+
+    With pyarrow installed, LitData 0.2.76 stores a flat ``{bytes, int, str}`` item in an Arrow footer instead and
+    leaves the offsets empty: our two-read local reader (``ChunkFiles``) has nothing to read, and LitData's own
+    byte-range reads from a bucket fail on such chunks (``struct.error``). The layout is decided by
+    ``litdata.streaming.writer.is_arrow_footer_type``; inside the block it answers no.
+    """
+    from litdata.streaming import writer
+
+    original = writer.is_arrow_footer_type
+    _keep_item_offsets()
+    try:
+        yield
+    finally:
+        writer.is_arrow_footer_type = original
+
+
+def _keep_item_offsets() -> None:
+    from litdata.streaming import writer
+
+    writer.is_arrow_footer_type = _never
+
+
+def _never(*_: Any) -> bool:
+    return False
 
 
 def shrink(data: bytes, max_side: int, quality: int) -> bytes | None:
