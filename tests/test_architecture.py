@@ -26,7 +26,18 @@ LAYERS = [
     "serve",
     "cli",
     "demo",
+    # Old paths of the callbacks (before the subpackages), kept for saved configs: each only re-exports one class.
+    "signals",
+    "writer",
+    "report",
+    "resume",
 ]
+OLD_CALLBACK_PATHS = {
+    "imagenet_cls.signals.GracefulShutdown": "imagenet_cls.callbacks.signals.GracefulShutdown",
+    "imagenet_cls.writer.PredictionWriter": "imagenet_cls.callbacks.writer.PredictionWriter",
+    "imagenet_cls.report.EvaluationReport": "imagenet_cls.callbacks.report.EvaluationReport",
+    "imagenet_cls.resume.ResumeState": "imagenet_cls.callbacks.resume.ResumeState",
+}
 
 
 def _unit(module: str) -> str | None:
@@ -164,3 +175,18 @@ def test_no_module_is_longer_than_350_lines():
         if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
     }
     assert long == {}, f"split by concern: {long}"
+
+
+def test_old_callback_class_paths_resolve_as_saved_configs_name_them(tmp_path):
+    """A config saved before the subpackages (``class_path: imagenet_cls.signals.GracefulShutdown``) still loads."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+    from lightning.pytorch import Callback
+
+    parser = ArgumentParser()
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_argument("--callbacks", type=list[Callback])
+    config = tmp_path / "old.yaml"
+    config.write_text("callbacks:\n" + "".join(f"  - class_path: {old}\n" for old in OLD_CALLBACK_PATHS))
+    callbacks = parser.instantiate_classes(parser.parse_args(["--config", str(config)])).callbacks
+    expected = [new.rsplit(".", 1) for new in OLD_CALLBACK_PATHS.values()]
+    assert [(type(c).__module__, type(c).__name__) for c in callbacks] == [tuple(pair) for pair in expected]
