@@ -187,6 +187,6 @@ def test_old_callback_class_paths_resolve_as_saved_configs_name_them(tmp_path):
     parser.add_argument("--callbacks", type=list[Callback])
     config = tmp_path / "old.yaml"
     config.write_text("callbacks:\n" + "".join(f"  - class_path: {old}\n" for old in OLD_CALLBACK_PATHS))
-    callbacks = parser.instantiate_classes(parser.parse_args(["--config", str(config)])).callbacks
+    callbacks = parser.instantiate(parser.parse_args(["--config", str(config)])).callbacks
     expected = [new.rsplit(".", 1) for new in OLD_CALLBACK_PATHS.values()]
     assert [(type(c).__module__, type(c).__name__) for c in callbacks] == [tuple(pair) for pair in expected]

@@ -22,7 +22,11 @@ from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 from imagenet_cls.callbacks.peers import PeerWatch
 from imagenet_cls.cli import config_edits as edits
 from imagenet_cls.cli.failures import FailureAdvice
-from imagenet_cls.cli.lightning_adapter import SubcommandArgumentsCLI, drop_unset_wandb_anonymous
+from imagenet_cls.cli.lightning_adapter import (
+    SubcommandArgumentsCLI,
+    drop_unset_wandb_anonymous,
+    name_lost_rank_in_launcher_observer,
+)
 from imagenet_cls.cli.logging_setup import configure_logging
 from imagenet_cls.cli.wandb_setup import wandb_offline_without_key
 from imagenet_cls.data.datamodule import ImageNetDataModule, scan_data_dir
@@ -242,6 +246,7 @@ class ImageNetCLI(SubcommandArgumentsCLI):
     # ---- after instantiation: hand the decisions to the data module --------------------------------------------
     def after_instantiate_classes(self) -> None:
         drop_unset_wandb_anonymous(self.trainer)
+        name_lost_rank_in_launcher_observer()  # a rank that dies is named even when the launcher sees it first
         if (self.subcommand or "fit") != "fit" and self.model.head_reinitialised:
             hparams = self.model.hparams
             raise UserError(

@@ -37,3 +37,35 @@ def drop_unset_wandb_anonymous(trainer: Trainer) -> None:
         init = getattr(logger, "_wandb_init", None)
         if isinstance(init, dict) and "anonymous" in init and init["anonymous"] is None:
             del init["anonymous"]
+
+
+def name_lost_rank_in_launcher_observer() -> None:
+    """Make Lightning's launcher say, as our one ``error:`` line, which rank died before it ends the run.
+
+    The first process of a DDP run started by Lightning polls its child processes every 5 s (the private
+    ``_ChildProcessObserver``) and, when one has died, SIGKILLs every process, itself included, after logging
+    "Child process ... terminated": when that poll comes before the survivors' failed collective (``PeerWatch``),
+    nothing else is printed. Idempotent; ``tests/test_ddp_faults.py`` kills a rank and reads the line.
+    """
+    import sys
+
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    original = _ChildProcessObserver._terminate_all
+    if getattr(original, "names_lost_rank", False):
+        return
+
+    def terminate_all(observer: _ChildProcessObserver) -> None:
+        for rank, process in enumerate(observer._child_processes, start=1):
+            if process.returncode:
+                how = f"killed by signal {-process.returncode}" if process.returncode < 0 else "crashed"
+                print(
+                    f"error: fit: lost rank {rank} (pid {process.pid}) exited ({how}), seen by the launcher (rank 0):"
+                    " the run stopped",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        original(observer)
+
+    terminate_all.names_lost_rank = True
+    _ChildProcessObserver._terminate_all = terminate_all
