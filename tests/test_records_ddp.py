@@ -48,6 +48,7 @@ def test_evaluation_over_2_and_3_processes_counts_each_record_once(tmp_path, sou
         assert ddp_per_class == per_class
 
 
+@pytest.mark.slow  # two DDP fits and a resume per source: minutes on 2 cores (make test stays under 15 minutes)
 @pytest.mark.parametrize("source", ["parquet", "webdataset"])
 def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(class_folders, tmp_path, source):
     data = _as(source, class_folders, tmp_path / source, ["red", "green", "blue"])
