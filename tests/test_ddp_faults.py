@@ -41,7 +41,7 @@ def _end_within(process: subprocess.Popen, ranks: list[int], seconds: float) -> 
     return process.returncode, stderr, time.monotonic() - start
 
 
-@pytest.mark.parametrize("devices", [2, 3])
+@pytest.mark.parametrize("devices", [2, pytest.param(3, marks=pytest.mark.slow)])  # 3: make test-slow
 def test_kill_9_of_one_rank_ends_every_other_rank_with_one_line_naming_it(class_folders, tmp_path, devices):
     root, started = tmp_path / "runs", tmp_path / "started"
     process = _ddp_fit(class_folders, root, started, "--trainer.devices", str(devices))

@@ -219,6 +219,10 @@ class OptimizedSplit:
                 # some virtual disks) and it advises the kernel to read whole chunks (64 MB): a dataset larger than
                 # the page cache is then read from disk many times over. Its reads from a bucket are byte ranges.
                 chunks = None if self.remote else ChunkFiles(Path(self.url))
+                # LitData 0.2.76 with pyarrow installed writes a flat {bytes, int, str} item into an Arrow footer
+                # (the offsets then hold no item): such a split is read by LitData's own reader.
+                if chunks is not None and not chunks.has_item_offsets():
+                    chunks = None
             except Exception as error:  # LitData fails in many ways on a damaged index.json (fuzzed)
                 self._reader = None
                 raise UserError(
@@ -226,9 +230,7 @@ class OptimizedSplit:
                     "check the path or bucket, or optimize the dataset again"
                 ) from None
             self._loader = loader
-            # LitData 0.2.76 with pyarrow installed writes a flat {bytes, int, str} item into an Arrow footer (the
-            # offsets then hold no item): such a split is read by LitData's own reader.
-            self._chunks = chunks if chunks is not None and chunks.has_item_offsets() else None
+            self._chunks = chunks
             self._reader_pid = os.getpid()
             # len() of LitData's dataset is this rank's share under DDP; its chunks hold the whole split.
             stored = sum(end - start for start, end in self._reader.region_of_interest)
