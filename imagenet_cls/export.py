@@ -32,6 +32,7 @@ import yaml
 from imagenet_cls.errors import UserError, ignore_file_size_signal, report_disk_full, report_user_error
 from imagenet_cls.export_card import model_card, run_config_of, summaries_of
 from imagenet_cls.export_int8 import INT8_FILE, Calibration, int8_card, write_int8
+from imagenet_cls.logs import configure_logging
 from imagenet_cls.model.inference import plain
 from imagenet_cls.runs.checkpoints import find_checkpoint
 
@@ -190,9 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-images", type=int, default=256, help="int8: images that set the scales")
     parser.add_argument("--held-out-images", type=int, default=256, help="int8: other images the cost is measured on")
     args = parser.parse_args(argv)
-    ours = logging.getLogger("imagenet_cls")
-    ours.setLevel(logging.INFO)
-    ours.addHandler(logging.StreamHandler())
+    configure_logging()  # once per process: a handler per call printed every line again
     ignore_file_size_signal()
     try:
         if str(args.checkpoint) in ("best", "last"):

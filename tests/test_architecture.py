@@ -15,6 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "imagenet_cls"
 LAYERS = [
     "errors",
+    "logs",
     "data",
     "runs",
     "model",

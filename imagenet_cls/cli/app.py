@@ -27,12 +27,12 @@ from imagenet_cls.cli.lightning_adapter import (
     drop_unset_wandb_anonymous,
     name_lost_rank_in_launcher_observer,
 )
-from imagenet_cls.cli.logging_setup import configure_logging
 from imagenet_cls.cli.wandb_setup import wandb_offline_without_key
 from imagenet_cls.data.datamodule import ImageNetDataModule, scan_data_dir
 from imagenet_cls.data.layout import DatasetLayout
 from imagenet_cls.data.secrets import redact_config
 from imagenet_cls.errors import MissingPathError, UserError, disk_full, ignore_file_size_signal, report_user_error
+from imagenet_cls.logs import configure_logging
 from imagenet_cls.model.module import LOGGED_METRICS, ClassificationModel
 from imagenet_cls.runs.checkpoints import BestCheckpointLink, find_checkpoint, load_checkpoint
 from imagenet_cls.runs.folders import RunFolder, run_folder, timestamp
