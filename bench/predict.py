@@ -120,70 +120,58 @@ def throughput() -> list[Result]:
     agreement_int8 = _agreement(WORK / "out_int8" / "predictions.csv", TIMM_CSV)
     fast_name = "--channels-last --torchscript" + (" --amp bf16" if native else "")
     threads = torch.get_num_threads()
+    timm_fast = f"timm: PyTorch {'bf16 autocast' if native else 'fp32'} channels-last TorchScript"
     note = f"tf_efficientnet_lite0, {count} images, batch 64 vs 256, 2 loader workers, median of 3 interleaved"
-    csv_rows = [
-        Result(
-            f"CPU predict, CSV only{label} (ours vs timm inference.py defaults)",
-            count / seconds[key],
-            count / seconds["timm"],
-            "img/s",
-            note=f"{note}; --writer.write_images false; target >= 6.0",
-            precision=f"ours: {runtime} / timm: PyTorch fp32 NCHW",
-            threads=torch.get_num_threads(),
-        )
-        for key, label, runtime in (
-            ("ours_csv", "", "auto backend (ONNX Runtime fp32)"),
-            ("ours_int8", ", int8 export", "auto backend from the --quantize int8 folder (int8 where VNNI/AMX)"),
-        )
-    ]
-    csv_rows.append(
-        Result(
+    csv_note = f"{note}; --writer.write_images false"
+    pairs = [  # (name, ours, baseline, note, precision): images per second, ours against the baseline
+        (
+            "CPU predict, CSV only (ours vs timm inference.py defaults)",
+            "ours_csv",
+            "timm",
+            f"{csv_note}; target >= 6.0",
+            "ours: auto backend (ONNX Runtime fp32) / timm: PyTorch fp32 NCHW",
+        ),
+        (
+            "CPU predict, CSV only, int8 export (ours vs timm inference.py defaults)",
+            "ours_int8",
+            "timm",
+            f"{csv_note}; target >= 6.0",
+            "ours: auto backend from the --quantize int8 folder (int8 where VNNI/AMX) / timm: PyTorch fp32 NCHW",
+        ),
+        (
             f"CPU predict, CSV only (ours vs timm inference.py {fast_name})",
-            count / seconds["ours_csv"],
-            count / seconds["timm_fast"],
-            "img/s",
-            note=note,
-            precision=f"ours: auto (ONNX Runtime fp32) / timm: {'bf16 autocast' if native else 'fp32'} fastest flags",
-            threads=torch.get_num_threads(),
-        )
-    )
-    csv_rows.append(
-        Result(
-            "top-1 agreement, ours int8 export vs PyTorch fp32 (timm)",
-            agreement_int8 * 100,
-            100.0,
-            "%",
-            note=f"{count} sample images",
-            precision="ours: auto from the int8 folder / PyTorch fp32",
-        )
-    )
-    return csv_rows + [
-        Result(
+            "ours_csv",
+            "timm_fast",
+            csv_note,
+            f"ours: auto (ONNX Runtime fp32) / {timm_fast}",
+        ),
+        (
             "CPU predict, writer on (ours vs timm inference.py defaults)",
-            count / seconds["ours"],
-            count / seconds["timm"],
-            "img/s",
-            note=f"{note}; target >= 4.0; our first run (ONNX export included) {count / first[0]:.1f} img/s",
-            precision="ours: auto backend (ONNX Runtime fp32 when installed) / timm: PyTorch fp32 NCHW",
-            threads=threads,
+            "ours",
+            "timm",
+            f"{note}; target >= 4.0; our first run (ONNX export included) {count / first[0]:.1f} img/s",
+            "ours: auto backend (ONNX Runtime fp32 when installed) / timm: PyTorch fp32 NCHW",
         ),
-        Result(
+        (
             f"CPU predict, writer on (ours vs timm inference.py {fast_name})",
-            count / seconds["ours"],
-            count / seconds["timm_fast"],
-            "img/s",
-            note=note,
-            precision=f"ours: auto / timm: PyTorch {'bf16 autocast' if native else 'fp32'} channels-last TorchScript",
-            threads=threads,
+            "ours",
+            "timm_fast",
+            note,
+            f"ours: auto / {timm_fast}",
         ),
-        Result(
-            "top-1 agreement, ours vs PyTorch fp32 (timm)",
-            agreement * 100,
-            100.0,
-            "%",
-            note=f"{count} sample images, target >= 99.9",
-            precision="ours: auto backend / PyTorch fp32",
-        ),
+    ]
+    rows = [
+        Result(name, count / seconds[ours], count / seconds[base], "img/s", note=text, precision=kind, threads=threads)
+        for name, ours, base, text, kind in pairs
+    ]
+    agreements = [
+        ("top-1 agreement, ours int8 export vs PyTorch fp32 (timm)", agreement_int8, f"{count} sample images",
+         "ours: auto from the int8 folder / PyTorch fp32"),
+        ("top-1 agreement, ours vs PyTorch fp32 (timm)", agreement, f"{count} sample images, target >= 99.9",
+         "ours: auto backend / PyTorch fp32"),
+    ]  # fmt: skip
+    return rows + [
+        Result(name, share * 100, 100.0, "%", note=text, precision=kind) for name, share, text, kind in agreements
     ]
 
 
