@@ -46,6 +46,16 @@ def differing_tensors(expected: dict, got: dict) -> list[str]:
     return [name for name, tensor in expected.items() if name not in got or not torch.equal(tensor, got[name])]
 
 
+def assert_same_final_weights(expected: Path, got: Path, steps: int) -> None:
+    """Both checkpoints end at step ``steps`` with bitwise-equal weights (a resumed run vs an uninterrupted one)."""
+    import torch
+
+    reference, final = torch.load(expected, weights_only=True), torch.load(got, weights_only=True)
+    assert final["global_step"] == reference["global_step"] == steps
+    different = differing_tensors(reference["state_dict"], final["state_dict"])
+    assert not different, different
+
+
 def untrained_weights(folder: Path, num_classes: int = 3) -> list[str]:
     """Options giving TINY_MODEL freshly initialised weights from a file: validate/test/predict refuse no weights."""
     import torch

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY_MODEL, differing_tensors
+from tests.conftest import TINY_MODEL, assert_same_final_weights
 from tests.test_ddp import CLI, COMMON, _children, _ddp_fit, _wait_started
 
 
@@ -90,7 +90,6 @@ def test_ddp_run_whose_rank_was_killed_resumes_bitwise_equal(class_folders, tmp_
     assert torch.load(killed_root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
     resumed = fit(killed_root, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    expected = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=True)
-    final = torch.load(killed_root / "checkpoints" / "last.ckpt", weights_only=True)
-    assert final["global_step"] == expected["global_step"] == 12
-    assert not differing_tensors(expected["state_dict"], final["state_dict"])
+    assert_same_final_weights(
+        tmp_path / "reference" / "checkpoints" / "last.ckpt", killed_root / "checkpoints" / "last.ckpt", 12
+    )

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from imagenet_cls.data.layout import read_layout
-from tests.conftest import differing_tensors, make_class_folders
+from tests.conftest import assert_same_final_weights, make_class_folders
 from tests.record_sources import write_parquet_snapshot, write_wds_shards
 from tests.test_ddp import SEVEN, _validate
 from tests.test_resume import _fit
@@ -48,20 +48,27 @@ def test_evaluation_over_2_and_3_processes_counts_each_record_once(tmp_path, sou
         assert ddp_per_class == per_class
 
 
-@pytest.mark.slow  # two DDP fits and a resume per source: minutes on 2 cores (make test stays under 15 minutes)
-@pytest.mark.parametrize("source", ["parquet", "webdataset"])
-def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(class_folders, tmp_path, source):
-    data = _as(source, class_folders, tmp_path / source, ["red", "green", "blue"])
-    reference = _fit(data, tmp_path / "reference")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, Path]:
+    """Class folders (3 x 10 images, split 0.8/0.1/0.1) and the last checkpoint of an uninterrupted fit on them."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    folders = make_class_folders(root / "data")
+    reference = _fit(folders, root / "reference")
     assert reference.returncode == 0, reference.stderr[-3000:]
+    return folders, root / "reference" / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("source", ["parquet", "webdataset"])
+def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path, source):
+    """Killed and resumed on the records, the weights equal an uninterrupted run on the folders they hold (records
+    read in the folders' order with the same seeds: ``test_records.py`` shows the uninterrupted runs equal)."""
+    folders, reference = uninterrupted
+    data = _as(source, folders, tmp_path / source, ["red", "green", "blue"])
     killed_root = tmp_path / "killed"
     # 24 training rows, batch 4: 6 steps per epoch; killed at step 9 (mid epoch 1), last saved at step 8.
     killed = _fit(data, killed_root, "--trainer.callbacks+=tests.faults.KillAt", "--trainer.callbacks.step", "9")
     assert killed.returncode == -9, killed.stderr[-3000:]
+    assert torch.load(killed_root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
     resumed = _fit(data, killed_root, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    expected = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=True)
-    final = torch.load(killed_root / "checkpoints" / "last.ckpt", weights_only=True)
-    assert final["global_step"] == expected["global_step"] == 18
-    different = differing_tensors(expected["state_dict"], final["state_dict"])
-    assert not different, different
+    assert_same_final_weights(reference, killed_root / "checkpoints" / "last.ckpt", steps=18)
