@@ -45,10 +45,10 @@ dataset: $(STAMP) ## prepare a download without touching it: make dataset SRC=~/
 	$(PY) -m imagenet_cls.prepare $(SRC) $(DEST) $(ARGS)
 
 test: $(STAMP) ## the test suite (slow tests excluded; see test-all)
-	$(PY) -m pytest -m "not slow and not gpu" -q
+	$(PY) -m pytest -m "not slow and not gpu" -q --durations=30
 
 test-slow: $(STAMP) ## only the slow tests: real sample images (skip without ../shared/data/imagenet-sample), SIGINT, demo
-	$(PY) -m pytest -m "slow and not gpu" -q
+	$(PY) -m pytest -m "slow and not gpu" -q --durations=30
 
 test-all: $(STAMP) ## every test, slow ones included
 	$(PY) -m pytest -m "not gpu" -q
