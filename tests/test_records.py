@@ -149,3 +149,35 @@ def test_bad_row_is_named_or_skipped_and_counted(split_folders, tmp_path, capsys
 def test_hub_url_is_one_line_without_network(capsys):
     with pytest.raises(UserError, match="hf download ILSVRC/imagenet-1k --repo-type dataset"):
         backend_of("hf://datasets/ILSVRC/imagenet-1k")
+
+
+@pytest.mark.parametrize("source", ["parquet", "webdataset"])
+def test_report_gallery_names_each_image_by_its_stored_path_or_key(sources, tmp_path, monkeypatch, source):
+    """The evaluation report's gallery of mistakes names and draws each image from its record."""
+    from imagenet_cls.callbacks import report_drawing
+
+    drawn = []
+    original = report_drawing.write_gallery
+
+    def spy(path, gallery, *args, **kwargs):
+        drawn.append(([name for name, *_ in gallery], kwargs.get("pictures")))
+        return original(path, gallery, *args, **kwargs)
+
+    monkeypatch.setattr(report_drawing, "write_gallery", spy)
+    root = tmp_path / "runs"
+    args = ["validate", *TINY_MODEL, *untrained_weights(tmp_path), *FAST_TRAINER, "--data.num_workers", "0",
+            "--data.data_dir", str(sources[source]), "--trainer.default_root_dir", str(root)]  # fmt: skip
+    assert main(args) == 0
+    (report,) = root.rglob("report/val")
+    stored = {
+        f"{sources[source]}/{name}"
+        for name in (
+            [f"{Path(p).parent.name}/{Path(p).name}" for p, _ in read_layout(sources["folders"]).splits["val"]]
+            if source == "parquet"  # datasets keeps the stored path; the shards' image member is <key>.jpg
+            else [f"{n:06d}_{Path(p).parent.name}_{Path(p).stem}.jpg" for n, (p, _) in enumerate(
+                read_layout(sources["folders"]).splits["val"])]
+        )
+    }  # fmt: skip
+    (names, _), *_ = drawn
+    assert names and set(names) <= stored, (names, stored)
+    assert (report / "misclassified.jpg").is_file()
