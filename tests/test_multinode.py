@@ -155,3 +155,21 @@ def test_two_nodes_fit_once_and_resume_after_kill_9_bitwise_equal(data, tmp_path
     assert final["global_step"] == expected["global_step"] == 9
     different = differing_tensors(expected["state_dict"], final["state_dict"])
     assert not different, different
+
+
+def test_a_peer_killed_a_moment_ago_is_named_not_taken_for_alive():
+    """A killed rank's sockets close before /proc shows it gone: the survivor looks again for a moment (found by
+    the two-node run above: "all ranks on this host are alive")."""
+    from types import SimpleNamespace
+
+    from imagenet_cls.callbacks.peers import PeerWatch
+
+    peer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    try:
+        watch = PeerWatch()
+        watch.peers = [(socket.gethostname(), os.getpid()), (socket.gethostname(), peer.pid)]
+        trainer = SimpleNamespace(global_rank=0, strategy=SimpleNamespace(launcher=None))
+        line = watch.explain(RuntimeError("Connection closed by peer [127.0.0.1]:1234"), trainer)
+    finally:
+        peer.wait()
+    assert line.startswith(f"lost rank 1 (pid {peer.pid}) exited"), line
