@@ -250,7 +250,7 @@ def _wrong_schemas() -> list[bytes]:
     """Well-formed parquet files with the wrong columns, types or values."""
     import pyarrow as pa
 
-    jpg, rows = _image_bytes("jpg"), 3
+    jpg, rows, labels = _image_bytes("jpg"), 3, pa.array([0, 1, 2])
     image = pa.array([{"bytes": jpg, "path": "a.jpg"}] * rows)
     tables = [
         {"image": pa.array([1, 2, 3])},
@@ -262,8 +262,7 @@ def _wrong_schemas() -> list[bytes]:
         {"image": image, "label": pa.array([0, None, 1])},
         {"image": image, "label": pa.array([[0], [1], []])},
         {"image": pa.array([{"path": "a.jpg"}] * rows), "label": pa.array([0, 1, 2])},
-        {"image": pa.array([{"bytes": None, "path": None}, {"bytes": b"", "path": "\x00"}, None]),
-         "label": pa.array([0, 1, 2])},  # fmt: skip
+        {"image": pa.array([{"bytes": None, "path": None}, {"bytes": b"", "path": "\x00"}, None]), "label": labels},
         {"image": pa.array([{"bytes": "text", "path": 1}] * rows), "label": pa.array([0, 1, 2])},
         {"image": pa.array([jpg] * rows, pa.large_binary()), "label": pa.array([0, 1, 2], pa.int8())},
         {"image": pa.array([[jpg]] * rows), "label": pa.array([0, 1, 2])},
