@@ -1,4 +1,5 @@
-"""Property-based fuzzing (hypothesis): image bytes, YAML configs, checkpoint files and LitData's index.json.
+"""Property-based fuzzing (hypothesis): image bytes, YAML configs, checkpoint files, LitData's index.json, parquet
+files and WebDataset tar shards (read for validate and predict).
 
 Each case must end in a result, a one-line ``UserError`` (or the option parser's exit 2), or a counted bad image:
 never another exception, never a hang (10 s per case). ``make test`` runs a few cases of each; the ``slow`` copies
@@ -228,3 +229,154 @@ def test_litdata_index_reads_or_one_line(optimized):
 @pytest.mark.slow
 def test_litdata_index_reads_or_one_line_many(optimized):
     _fuzz(INDEX_EDITS, lambda edit: _read_all_or_user_error(optimized, edit), CASES["slow"])
+
+
+# ---- parquet files and tar shards, read through the record backends (validate and predict) --------------------
+def _parquet_bytes(table=None) -> bytes:
+    """A small parquet file as ``datasets`` writes one (image struct of bytes and path, an int label), 2 row groups."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if table is None:
+        jpg = _image_bytes("jpg")
+        images = [{"bytes": jpg, "path": f"c{i % 3}/img_{i}.jpg"} for i in range(4)]
+        table = pa.table({"image": images, "label": pa.array([0, 1, 2, 0], pa.int64())})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=2)
+    return buffer.getvalue()
+
+
+def _wrong_schemas() -> list[bytes]:
+    """Well-formed parquet files with the wrong columns, types or values."""
+    import pyarrow as pa
+
+    jpg, rows, labels = _image_bytes("jpg"), 3, pa.array([0, 1, 2])
+    image = pa.array([{"bytes": jpg, "path": "a.jpg"}] * rows)
+    tables = [
+        {"image": pa.array([1, 2, 3])},
+        {"image": pa.array(["a", "b", "c"]), "label": pa.array([0, 1, 2])},
+        {"label": pa.array([0, 1, 2])},
+        {"image": image, "label": pa.array(["0", "x", "2"])},
+        {"image": image, "label": pa.array([0.5, float("nan"), 2.0])},
+        {"image": image, "label": pa.array([0, -5, 2**40])},
+        {"image": image, "label": pa.array([0, None, 1])},
+        {"image": image, "label": pa.array([[0], [1], []])},
+        {"image": pa.array([{"path": "a.jpg"}] * rows), "label": pa.array([0, 1, 2])},
+        {"image": pa.array([{"bytes": None, "path": None}, {"bytes": b"", "path": "\x00"}, None]), "label": labels},
+        {"image": pa.array([{"bytes": "text", "path": 1}] * rows), "label": pa.array([0, 1, 2])},
+        {"image": pa.array([jpg] * rows, pa.large_binary()), "label": pa.array([0, 1, 2], pa.int8())},
+        {"image": pa.array([[jpg]] * rows), "label": pa.array([0, 1, 2])},
+        {"image": pa.array([], pa.binary()), "label": pa.array([], pa.int64())},
+    ]
+    return [_parquet_bytes(pa.table(columns)) for columns in tables]
+
+
+def _tar_bytes() -> bytes:
+    """A WebDataset shard as ``webdataset`` writes one: ``<key>.jpg`` + ``<key>.cls`` for 3 samples."""
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i, (extension, data) in enumerate([("jpg", _image_bytes("jpg")), ("cls", b"1")] * 3):
+            info = tarfile.TarInfo(f"s{i // 2:04d}.{extension}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _tar_edits() -> list[bytes]:
+    """Shards that are tar files but not good ones: a .cls with garbage, members without images, odd names."""
+    import tarfile
+
+    jpg = _image_bytes("jpg")
+    cases = [
+        [("a.jpg", jpg), ("a.cls", b"\xff\xfe garbage")],
+        [("a.jpg", jpg), ("a.cls", b"99999999999999999999999")],
+        [("a.jpg", jpg), ("a.cls", b"-7")],
+        [("a.jpg", jpg), ("a.json", b"{not json")],
+        [("a.jpg", jpg), ("a.json", b'{"label": [1]}')],
+        [("a.cls", b"1")],
+        [("a.txt", b"x"), ("b.jpg", jpg)],
+        [("../../a.jpg", jpg), ("../../a.cls", b"0")],
+        [(".jpg", jpg)],
+        [("a.jpg", b"")],
+        [("a.jpg", jpg), ("a.cls", b"0"), ("b.jpg", jpg)],  # b has no label: a bad sample, never class -1
+        [("a.jpg", jpg), ("a.cls", b"2147483000")],  # numbered classes up to it would never end
+    ]
+    shards = []
+    for members in cases:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        shards.append(buffer.getvalue())
+    return shards
+
+
+def _records_or_user_error(suffix: str, data: bytes) -> None:
+    """Validate (every labelled record) and predict (every record) on ``data`` saved as one file: each record is
+    an image, a counted bad image or a predict row with its error; the file as a whole may be a one-line error."""
+    from imagenet_cls.data.backends import open_layout, open_predict_split
+    from imagenet_cls.data.datasets import BadSample
+    from imagenet_cls.data.records import RecordDataset, RecordPredictDataset
+    from imagenet_cls.data.transforms import EvalTransform
+
+    path = Path(f"fuzz{suffix}")
+    path.write_bytes(data)
+    try:
+        layout = open_layout(path, (0.8, 0.1, 0.1), 0)
+        for split in layout.splits:
+            records = layout.labelled(split)
+            images = RecordDataset(records, lambda image: image.decode(), skip_bad=True)
+            for i in range(len(images)):
+                item = images[i]
+                assert isinstance(item, BadSample) or item[1] in range(len(layout.classes)), item
+    except UserError as error:
+        assert "\n" not in str(error).strip()
+    try:
+        records = open_predict_split(str(path))
+        assert records is not None
+        predict = RecordPredictDataset(records, EvalTransform((16, 16), 1.0, "bilinear"), None)
+        for i in range(len(predict)):
+            item = predict[i]
+            assert "\n" not in item["error"].strip() and item["image"].shape == (3, 16, 16)
+            assert not Path(item["relative"]).is_absolute() and ".." not in Path(item["relative"]).parts
+    except UserError as error:
+        assert "\n" not in str(error).strip()
+
+
+def _parquet_cases() -> st.SearchStrategy[bytes]:
+    return _mutations(_parquet_bytes()) | st.sampled_from(_wrong_schemas())
+
+
+def _tar_cases() -> st.SearchStrategy[bytes]:
+    return _mutations(_tar_bytes()) | st.sampled_from(_tar_edits())
+
+
+def test_every_wrong_schema_and_tar_edit_reads_or_one_line():
+    for data in _wrong_schemas():
+        with _no_hang():
+            _records_or_user_error(".parquet", data)
+    for data in _tar_edits():
+        with _no_hang():
+            _records_or_user_error(".tar", data)
+
+
+def test_parquet_files_read_or_one_line():
+    _fuzz(_parquet_cases(), lambda data: _records_or_user_error(".parquet", data), CASES["fast"])
+
+
+@pytest.mark.slow
+def test_parquet_files_read_or_one_line_many():
+    _fuzz(_parquet_cases(), lambda data: _records_or_user_error(".parquet", data), CASES["slow"])
+
+
+def test_tar_shards_read_or_one_line():
+    _fuzz(_tar_cases(), lambda data: _records_or_user_error(".tar", data), CASES["fast"])
+
+
+@pytest.mark.slow
+def test_tar_shards_read_or_one_line_many():
+    _fuzz(_tar_cases(), lambda data: _records_or_user_error(".tar", data), CASES["slow"])

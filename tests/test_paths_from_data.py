@@ -1,10 +1,12 @@
-"""Names that come from data (optimized datasets' ``name``, ``.txt`` list lines) never make predict's writer or the
-report write outside their output folder: ``../../x``, absolute paths, NUL, 4 KB names, Unicode look-alikes.
+"""Names that come from data never make predict's writer or the report write outside their output folder:
+``../../x``, absolute paths, NUL, 4 KB names, Unicode look-alikes.
 
-To cover another source (parquet path columns, WebDataset keys: issues 21/24), add a function to ``SOURCES`` that
-stores ``HOSTILE`` names in that source and returns its ``--data.predict_path``.
+Sources: ``.txt`` lists, optimized datasets, parquet path columns (``image.path``) and WebDataset keys (tar member
+names). To cover another, add a function to ``SOURCES`` that stores ``HOSTILE`` names in it and returns its
+``--data.predict_path``.
 """
 
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -91,11 +93,51 @@ def _optimized_split(tmp_path: Path, names: list[str], monkeypatch) -> Path:
     return dest / "val"
 
 
+def _image_bytes(tmp_path: Path, i: int) -> bytes:
+    return write_image(tmp_path / "plain" / f"{i}.jpg", (200, 30 * i % 255, 40), seed=i).read_bytes()
+
+
+def _parquet_file(tmp_path: Path, names: list[str], monkeypatch) -> Path:
+    """A parquet file whose ``image.path`` column holds ``names`` (written with pyarrow: any string goes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = [{"bytes": _image_bytes(tmp_path, i), "path": name} for i, name in enumerate(names)]
+    table = pa.table({"image": images, "label": list(range(len(names)))})
+    path = tmp_path / "hostile.parquet"
+    pq.write_table(table, path, row_group_size=4)
+    return path
+
+
+def _wds_shard(tmp_path: Path, names: list[str], monkeypatch) -> Path:
+    """A tar shard whose members are ``<name>.jpg`` + ``<name>.cls``, each name in a pax ``path`` record (NUL and
+    4 KB included); names that make no ``.jpg`` member (a key is the name up to its base name's first dot) are left
+    out, as no shard can hold them."""
+    import tarfile
+
+    shard = tmp_path / "shards" / "hostile-000000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as tar:
+        for i, name in enumerate(names):
+            member = name if name.endswith(".jpg") else f"{name}.jpg"
+            base = member.rsplit("/", 1)[-1]
+            key = member[: len(member) - len(base) + base.find(".")]
+            if base.find(".") < 0 or base[base.find(".") + 1 :] != "jpg" or not key:
+                continue
+            for extension, data in (("jpg", _image_bytes(tmp_path, i)), ("cls", str(i % 3).encode())):
+                info = tarfile.TarInfo(f"{i}.{extension}")
+                info.pax_headers = {"path": f"{key}.{extension}"}
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return shard
+
+
 # Sources of names from data: (id, function(tmp_path, names, monkeypatch) -> --data.predict_path).
-# Issue 21 adds parquet (a path column) and WebDataset (keys) here.
 SOURCES: list[tuple[str, Callable]] = [
     ("txt_list", lambda tmp_path, names, monkeypatch: _txt_list(tmp_path, names)),
     ("optimized", _optimized_split),
+    ("parquet_path_column", _parquet_file),
+    ("wds_keys", _wds_shard),
 ]
 
 

@@ -2,8 +2,9 @@
 validate, predict and export write (config.yaml, checkpoint hyper-parameters, W&B offline files, logs, exports, the
 model card), nor their output, nor serve's ``/info``.
 
-To cover another command or source (serve's ``/info``, parquet/WebDataset options: issues 21/24), add a step to
-``STEPS`` that runs it with the secrets and returns what it printed or served.
+Steps: fit, validate, predict, export, serve, and validate/predict on parquet and WebDataset records. To cover
+another command or source, add a step to ``STEPS`` that runs it with the secrets and returns what it printed or
+served.
 """
 
 import os
@@ -74,6 +75,26 @@ def _serve(work: Path, data: Path, env: dict[str, str]) -> str:
     return info + log.read_text()
 
 
+def _records(work: Path, data: Path, env: dict[str, str]) -> str:
+    """validate on a parquet snapshot and predict on WebDataset shards of the same images, with the secrets."""
+    from imagenet_cls.data.layout import read_layout
+    from tests.conftest import COLOURS
+    from tests.record_sources import write_parquet_snapshot, write_wds_shards
+
+    splits = read_layout(data).splits
+    snapshot = write_parquet_snapshot(splits, sorted(COLOURS), work / "parquet", files=1)
+    shards = write_wds_shards(splits, work / "shards")
+    checkpoint = str(_checkpoint(work))
+    validated = _run([sys.executable, CLI, "validate", *TINY_MODEL, *FAST_TRAINER, "--ckpt_path", checkpoint,
+                      "--data.data_dir", str(snapshot), "--data.num_workers", "0", "--data.storage_options", OPTIONS,
+                      "--trainer.default_root_dir", str(work / "runs")], env)  # fmt: skip
+    predicted = _run([sys.executable, CLI, "predict", *TINY_MODEL, *FAST_TRAINER, "--ckpt_path", checkpoint,
+                      "--data.predict_path", str(shards / "val"), "--data.num_workers", "0", "--data.storage_options",
+                      OPTIONS, "--writer.output_dir", str(work / "predicted_wds")], env)  # fmt: skip
+    assert (work / "predicted_wds" / "predictions.csv").is_file()  # the step ran on the shards
+    return validated + predicted
+
+
 # Each step: (name, function(work folder, data folder, environment) -> its output).
 STEPS: list[tuple[str, Callable[[Path, Path, dict[str, str]], str]]] = [
     ("fit", _fit),
@@ -81,6 +102,7 @@ STEPS: list[tuple[str, Callable[[Path, Path, dict[str, str]], str]]] = [
     ("predict", _predict),
     ("export", _export),
     ("serve", _serve),
+    ("parquet_and_webdataset", _records),
 ]
 
 

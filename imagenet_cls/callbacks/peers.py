@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -25,6 +26,7 @@ PEER_FAILURES = (
     "DistBackendError",
     "NCCL communicator was aborted",
 )
+SETTLE_SECONDS = 2.0  # how long a lost peer on this host may still look alive in /proc
 
 
 class PeerWatch(Callback):
@@ -57,16 +59,22 @@ class PeerWatch(Callback):
         if self.explanation is not None or not self.peers or not is_peer_failure(error):
             return self.explanation
         me, here = trainer.global_rank, socket.gethostname()
-        lost, unknown = [], []
-        for rank, (host, pid) in enumerate(self.peers):
-            if rank == me:
-                continue
-            if host != here:
-                unknown.append(f"{rank} ({host})")
-                continue
-            state = process_state(pid)
-            if state != "running":
-                lost.append(f"rank {rank} (pid {pid}) {state}")
+        # A killed process closes its sockets before /proc shows it exited: look again for a moment.
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while True:
+            lost, unknown = [], []
+            for rank, (host, pid) in enumerate(self.peers):
+                if rank == me:
+                    continue
+                if host != here:
+                    unknown.append(f"{rank} ({host})")
+                    continue
+                state = process_state(pid)
+                if state != "running":
+                    lost.append(f"rank {rank} (pid {pid}) {state}")
+            if lost or time.monotonic() > deadline or len(unknown) == len(self.peers) - 1:
+                break
+            time.sleep(0.05)
         first = str(error).strip().splitlines()[0].split(". This is")[0][:160] if str(error).strip() else "no message"
         if lost:
             who = "; ".join(lost)

@@ -179,6 +179,7 @@ class ImageNetCLI(SubcommandArgumentsCLI):
             warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks")
         edits.keep_callbacks(trainer, self.subcommand or "fit")
         edits.cpu_precision(trainer)
+        edits.match_torchrun(trainer)
         if self.subcommand == "predict":
             trainer.logger = False  # predict logs nothing; no W&B run for it
         else:

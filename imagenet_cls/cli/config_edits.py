@@ -125,7 +125,11 @@ def refuse_reused_checkpoint_dir(trainer: Namespace) -> None:
 
 
 def continue_run(trainer: Namespace, checkpoint: Path) -> None:
-    """Point the logger at the run that wrote ``checkpoint`` (``<save_dir>/<name>/<version>/checkpoints/``)."""
+    """Point the logger at the run that wrote ``checkpoint`` (``<save_dir>/<name>/<version>/checkpoints/``).
+
+    A logger without a name (``name: null``, as a CSVLogger keeps from the default WandbLogger) writes
+    ``<save_dir>/<version>/``: its ``save_dir`` is the folder above the version.
+    """
     run = checkpoint.parent.parent
     for logger in as_list(trainer.get("logger")):
         if not isinstance(logger, Namespace) or checkpoint.parent.name != "checkpoints":
@@ -136,7 +140,8 @@ def continue_run(trainer: Namespace, checkpoint: Path) -> None:
             init_args.save_dir = str(run.parent.parent)
         elif run.name.startswith("version_") and run.name[8:].isdigit():
             init_args.version = int(run.name[8:])
-            init_args.save_dir = str(run.parent.parent)
+            name = init_args.get("name", "lightning_logs")
+            init_args.save_dir = str(run.parent.parent if name and run.parent.name == name else run.parent)
         logger.init_args = init_args
 
 
@@ -155,3 +160,39 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def match_torchrun(trainer: Namespace) -> None:
+    """Under torchrun, ``--trainer.num_nodes`` x ``--trainer.devices`` must be the processes it started.
+
+    torchrun gives each process ``WORLD_SIZE`` (all nodes) and ``LOCAL_WORLD_SIZE`` (its node); a mismatch would
+    otherwise stop every process with Lightning's traceback ("does not match the world size") once fit starts.
+    """
+    import os
+
+    from lightning.fabric.plugins.environments import TorchElasticEnvironment
+
+    if not TorchElasticEnvironment.detect() or not os.environ.get("LOCAL_WORLD_SIZE", "").isdigit():
+        return
+    world, local = int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_WORLD_SIZE"])
+    nodes, devices = trainer.get("num_nodes") or 1, trainer.get("devices")
+    count = _device_count(devices, str(trainer.get("accelerator") or "auto"))
+    if nodes * local == world and count in (None, local):
+        return
+    raise UserError(
+        f"torchrun started {world} processes ({local} on each of {world // max(local, 1)} nodes) but this run asks "
+        f"for --trainer.num_nodes {nodes} x --trainer.devices {devices}: give --trainer.num_nodes "
+        f"{world // max(local, 1)} --trainer.devices {local} (torchrun's --nnodes and --nproc-per-node)"
+    )
+
+
+def _device_count(devices: Any, accelerator: str) -> int | None:
+    """How many processes per node ``--trainer.devices`` asks for; None where only the hardware can tell."""
+    if isinstance(devices, list | tuple):
+        return len(devices)
+    text = str(devices).strip()
+    if text.isdigit():
+        return int(text)
+    if "," in text:
+        return len([part for part in text.split(",") if part.strip()])
+    return 1 if text == "auto" and accelerator == "cpu" else None

@@ -31,7 +31,7 @@ class EvalSampler(DistributedSampler):
             # A process without a single batch would skip the metric synchronisation the others wait in.
             raise UserError(
                 f"{size} evaluation images for {num_replicas} processes: every process needs at least one; "
-                "use fewer --trainer.devices for this evaluation"
+                "use fewer --trainer.devices (or --trainer.num_nodes) for this evaluation"
             )
         self.num_samples = len(range(rank, size, num_replicas))
         self.total_size = size

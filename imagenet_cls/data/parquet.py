@@ -14,6 +14,8 @@ import json
 import os
 import re
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,8 @@ def read_parquet_layout(data_dir: Path, files: dict[str, list[Path]]) -> RecordL
     import pyarrow.parquet as pq
 
     first = next(iter(files.values()))[0]
-    schema = pq.read_schema(first)
+    with unreadable_as_user_error(first):
+        schema = pq.read_schema(first)
     image, label = _columns(schema, first)
     names = _class_names(schema, label) or _card_class_names(data_dir, label)
     records = {split: ParquetRecords(paths, image, label, str(data_dir)) for split, paths in files.items()}
@@ -78,8 +81,28 @@ def _columns(schema, file: Path) -> tuple[str, str | None]:
             image = column
     if image is None:
         raise UserError(f"{file} has no image column (expected 'image' with bytes): columns {schema.names}")
+    kind = schema.field(image).type
+    if not _holds_images(kind):
+        raise UserError(f"{file}: column {image!r} is {kind}, not image bytes (binary, or a struct of bytes and path)")
     label = "label" if "label" in schema.names else None
+    if label is not None and not pa.types.is_integer(schema.field(label).type):
+        raise UserError(f"{file}: column 'label' is {schema.field(label).type}, not integer class indices")
     return image, label
+
+
+def _holds_images(kind) -> bool:
+    """Whether a column of arrow type ``kind`` holds encoded images: binary, or a struct of binary bytes (+ path)."""
+    import pyarrow as pa
+
+    def binary(t) -> bool:
+        return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+    if binary(kind):
+        return True
+    if not pa.types.is_struct(kind) or kind.get_field_index("bytes") < 0:
+        return False
+    path = kind.field("path").type if kind.get_field_index("path") >= 0 else pa.string()
+    return binary(kind.field("bytes").type) and (pa.types.is_string(path) or pa.types.is_large_string(path))
 
 
 def _class_names(schema, label: str | None) -> list[str] | None:
@@ -129,12 +152,17 @@ class ParquetRecords:
         self.where = root
         group_rows, group_file, labels = [], [], []
         for number, file in enumerate(self.files):
-            parquet = pq.ParquetFile(file)
-            counts = [parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups)]
+            with unreadable_as_user_error(file):
+                parquet = pq.ParquetFile(file)
+                counts = [parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups)]
+                _check_row_count(file, sum(counts), parquet.metadata.num_rows)
+                column = parquet.read(columns=[label]).column(0) if label is not None else None
+            if column is not None and (len(column) != sum(counts) or column.null_count):
+                raise UserError(f"{file}: {column.null_count or 'some'} rows have no label: fix or drop them")
             group_rows += counts
             group_file += [number] * len(counts)
-            if label is not None:
-                labels.append(parquet.read(columns=[label]).column(0).to_numpy().astype(np.int32))
+            if column is not None:
+                labels.append(np.clip(column.to_numpy().astype(np.int64), -(2**31), 2**31 - 1).astype(np.int32))
             else:
                 labels.append(np.full(sum(counts), -1, dtype=np.int32))
         self.group_start = np.concatenate([[0], np.cumsum(group_rows, dtype=np.int64)])
@@ -155,7 +183,10 @@ class ParquetRecords:
         return int(self.labels[index])
 
     def name(self, index: int) -> str:
-        _, paths, row = self._row(index)
+        try:
+            _, paths, row = self._row(index)
+        except OSError:  # a damaged row group: named by file and row; reading its image reports the damage
+            paths = None
         if paths is not None and paths[row]:
             return paths[row]
         file = int(self.group_file[np.searchsorted(self.group_start, index, side="right") - 1])
@@ -166,8 +197,12 @@ class ParquetRecords:
         return images[row] or b""
 
     def _row(self, index: int) -> tuple[list, list | None, int]:
-        """Row ``index``'s row group as Python lists (image bytes, stored paths; cached) and its row there."""
-        import pyarrow.parquet as pq
+        """Row ``index``'s row group as Python lists (image bytes, stored paths; cached) and its row there.
+
+        Raises:
+            OSError: the row group cannot be read (a damaged file).
+        """
+        import pyarrow as pa
 
         if not 0 <= index < len(self):
             raise IndexError(f"row {index} of {len(self)}")
@@ -179,17 +214,48 @@ class ParquetRecords:
         else:
             file = int(self.group_file[group])
             local = group - int(np.searchsorted(self.group_file, file))
-            if file not in self._files:  # opening parses the footer: kept open (one per file, a few KB each)
-                self._files[file] = pq.ParquetFile(self.files[file])
-            column = self._files[file].read_row_group(local, columns=[self.image]).column(0)
-            column = column.combine_chunks()
-            if hasattr(column.type, "get_field_index"):  # {bytes, path}
-                has_path = column.type.get_field_index("path") >= 0
-                paths = column.field("path").to_pylist() if has_path else None
-                self._cache[group] = (column.field("bytes").to_pylist(), paths, column.nbytes)
-            else:
-                self._cache[group] = (column.to_pylist(), None, column.nbytes)
+            try:
+                self._cache[group] = self._read_group(file, local)
+            except (pa.ArrowException, OSError, ValueError) as error:  # damage, ArrowInvalid, bad UTF-8 paths
+                raise OSError(f"row group {local} is damaged ({_first_line(error)})") from None
+            if len(self._cache[group][0]) != self.group_start[group + 1] - self.group_start[group]:
+                del self._cache[group]
+                raise OSError(f"row group {local} holds another number of rows than its footer says")
             while len(self._cache) > 1 and sum(c[2] for c in self._cache.values()) > CACHE_BYTES:
                 self._cache.popitem(last=False)
         images, paths, _ = self._cache[group]
         return images, paths, index - int(self.group_start[group])
+
+    def _read_group(self, file: int, local: int) -> tuple[list, list | None, int]:
+        """Row group ``local`` of file ``file``: (image bytes, stored paths or None, bytes held)."""
+        import pyarrow.parquet as pq
+
+        if file not in self._files:  # opening parses the footer: kept open (one per file, a few KB each)
+            self._files[file] = pq.ParquetFile(self.files[file])
+        column = self._files[file].read_row_group(local, columns=[self.image]).column(0).combine_chunks()
+        if hasattr(column.type, "get_field_index"):  # {bytes, path}
+            has_path = column.type.get_field_index("path") >= 0
+            paths = column.field("path").to_pylist() if has_path else None
+            return column.field("bytes").to_pylist(), paths, column.nbytes
+        return column.to_pylist(), None, column.nbytes
+
+
+@contextmanager
+def unreadable_as_user_error(file: Path | str) -> Iterator[None]:
+    """A file pyarrow cannot read as parquet (damaged, truncated, not parquet) becomes one line naming it."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except (pa.ArrowException, OSError, ValueError, TypeError, IndexError, KeyError) as error:
+        raise UserError(f"{file} is not a readable parquet file ({_first_line(error)}): replace it") from None
+
+
+def _check_row_count(file: Path | str, counted: int, declared: int) -> None:
+    if counted != declared or counted < 0:
+        raise UserError(f"{file}: its row groups hold {counted} rows, its footer says {declared}: a damaged file")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:160]

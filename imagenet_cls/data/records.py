@@ -22,6 +22,7 @@ from imagenet_cls.errors import UserError
 if TYPE_CHECKING:
     from imagenet_cls.data.transforms import EvalTransform
 
+MAX_NUMBERED_CLASSES = 100_000  # labels without names: more classes than any public dataset has (21k) is damage
 SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "test": "test"}
 
 
@@ -73,6 +74,11 @@ def check_labels(labels, classes: int, where: str) -> None:
 def numbered_classes(records) -> list[str]:
     """Classes of records whose labels have no names: ImageNet's WordNet ids for 1000, else ``0``, ``1`` ..."""
     top = max((int(r.labels.max()) for r in records if len(r.labels)), default=-1)
+    if top >= MAX_NUMBERED_CLASSES:
+        where = next(r.where for r in records if len(r.labels) and int(r.labels.max()) == top)
+        raise UserError(
+            f"{where}: a label of {top} without class names ({MAX_NUMBERED_CLASSES:,} at most): a damaged label?"
+        )
     if top + 1 == 1000:
         from imagenet_cls.data.classes import imagenet_class_names
 
@@ -110,6 +116,8 @@ class RecordDataset(ImageFileDataset):
 
     def read(self, index: int) -> tuple[ImageFile, int]:
         label = self.records.label(index)
+        if label < 0:  # one record without a label in a labelled split: a bad sample, never class -1 (the last)
+            raise UserError(f"{self.describe(index)} has no label (-1) in a labelled split")
         label = self.label_map[label] if self.label_map is not None else label
         try:
             data = self.records.image_bytes(index)

@@ -186,7 +186,7 @@ def index_tar(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]
                 image = (offset, size, name)
             elif extension == "cls" or (extension == "json" and label == -1):
                 file.seek(offset)
-                label = _label(file.read(size), extension)
+                label = _label(file.read(size), extension, f"{path}: {name}")
         close_sample()
     return (
         np.asarray(offsets, dtype=np.int64),
@@ -196,18 +196,33 @@ def index_tar(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]
     )
 
 
-def _label(data: bytes, extension: str) -> int:
-    """The class index in a ``.cls`` member, or ``label``/``cls`` of a ``.json`` one (-1: none)."""
-    if extension == "cls":
-        return int(data.decode().strip())
-    value = json.loads(data)
-    found = value.get("label", value.get("cls")) if isinstance(value, dict) else None
-    return int(found) if isinstance(found, (int, str)) and str(found).lstrip("-").isdigit() else -1
+def _label(data: bytes, extension: str, where: str) -> int:
+    """The class index in a ``.cls`` member, or ``label``/``cls`` of a ``.json`` one (-1: none).
+
+    Raises:
+        UserError: the member holds no integer that fits a class index (garbage is never read as a label).
+    """
+    try:
+        if extension == "cls":
+            label = int(data.decode().strip())
+        else:
+            value = json.loads(data)
+            found = value.get("label", value.get("cls")) if isinstance(value, dict) else None
+            label = int(found) if isinstance(found, (int, str)) and str(found).lstrip("-").isdigit() else -1
+    except (ValueError, UnicodeDecodeError):  # json.JSONDecodeError is a ValueError
+        label = None
+    if label is None or not -1 <= label < 2**31:
+        raise UserError(f"{where} holds no class index ({data[:20]!r}): fix or drop the sample")
+    return label
 
 
 def _members(file, path: str):
-    """``(name, data offset, size)`` of each regular file in an open tar, walking its headers."""
-    offset, long_name = 0, None
+    """``(name, data offset, size)`` of each regular file in an open tar, walking its headers.
+
+    Raises:
+        UserError: a header is damaged or a member runs past the end of the file (a truncated shard).
+    """
+    offset, long_name, end = 0, None, os.fstat(file.fileno()).st_size
     while True:
         file.seek(offset)
         header = file.read(512)
@@ -216,8 +231,13 @@ def _members(file, path: str):
         if header[257:262] != b"ustar" and offset == 0:
             raise UserError(f"{path} is not a tar file (no ustar header): give WebDataset .tar shards")
         raw_size = header[124:136]
-        size = int.from_bytes(raw_size[1:], "big") if raw_size[0] & 0x80 else int(raw_size.strip(b"\0 ") or b"0", 8)
+        try:
+            size = int.from_bytes(raw_size[1:], "big") if raw_size[0] & 0x80 else int(raw_size.strip(b"\0 ") or b"0", 8)
+        except ValueError:
+            raise UserError(f"{path}: the tar header at byte {offset} is damaged (size {raw_size!r})") from None
         kind, data = header[156:157], offset + 512
+        if data + size > end:
+            raise UserError(f"{path}: the member at byte {offset} runs past the end of the file: a truncated shard")
         name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
         if header[345]:  # ustar's prefix field: the name's leading folders
             name = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace") + "/" + name
