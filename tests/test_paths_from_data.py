@@ -82,7 +82,7 @@ def _optimized_split(tmp_path: Path, names: list[str], monkeypatch) -> Path:
     def renamed(item, **kwargs):  # every item gets one hostile name, in the order the items come
         record = encode(item, **kwargs)
         record["name"] = names[order.setdefault(item[2], len(order)) % len(names)]
-        return record
+        return {**record, "crc32": writer.item_checksum(record)}
 
     monkeypatch.setattr(writer, "encode_sample", renamed)
     # With pyarrow installed (issue 21 adds it), LitData 0.2.76 writes dict items as an Arrow footer only, which

@@ -190,7 +190,7 @@ def test_a_batch_from_a_bucket_is_read_concurrently_and_equals_reading_in_turn(c
     batch = [(i, 100 + i) for i in (5, 3, 17, 3, 0, 11, 8, 20)]  # (index, seed) as the sampler gives; a repeat
     expected = [in_turn[index] for index in batch]
     in_flight, most, reads, failed = [0], [0], [], []
-    lock, original = threading.Lock(), litdata.StreamingDataset.__getitem__
+    lock, local_reader, original = threading.Lock(), threading.Lock(), litdata.StreamingDataset.__getitem__
 
     def slow_request(self, index):  # a request that waits on the network, and fails once for item 17
         with lock:
@@ -203,7 +203,8 @@ def test_a_batch_from_a_bucket_is_read_concurrently_and_equals_reading_in_turn(c
         if index == 17 and not failed:
             failed.append(index)
             raise ConnectionError("reset by peer")
-        return original(self, index)
+        with local_reader:  # LitData's reader of local chunks (an mmap it moves) is not thread-safe; its range
+            return original(self, index)  # requests to a bucket are: only this stand-in needs the lock
 
     monkeypatch.setattr(litdata.StreamingDataset, "__getitem__", slow_request)
     from_bucket = StreamingImageDataset(str(dest / "train"), 24, image_width, timeout=30)

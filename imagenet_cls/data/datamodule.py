@@ -87,7 +87,8 @@ class ImageNetDataModule(LightningDataModule):
             images metrics were computed over) instead of stopping with an error naming the file.
         storage_options: Object-store options for an ``s3://`` data_dir or predict_path (e.g.
             ``{endpoint_url: ...}``, keys); default: the usual AWS variables (``AWS_ENDPOINT_URL``,
-            ``AWS_ACCESS_KEY_ID`` ...).
+            ``AWS_ACCESS_KEY_ID`` ...). For an optimized dataset ``max_attempts`` (5), ``read_timeout`` (20 s) and
+            ``connect_timeout`` (10 s) bound each read's tries.
         cache_dir: Where LitData keeps the index of a remote optimized dataset (images are fetched by byte range,
             not stored); default: LitData's (``~/.lightning/chunks``).
     """

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from imagenet_cls.data.batches import BadSample
 from imagenet_cls.data.images import WRITABLE_EXTENSIONS, ImageFile, is_image_file, iter_image_files
 from imagenet_cls.data.layout import Sample
+from imagenet_cls.data.retries import StorageError
 from imagenet_cls.errors import MissingPathError, UserError
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ class ImageFileDataset(Dataset):
             with time_limit(self.timeout, where):
                 image, label = self.read(index)
                 return self.transform(image), label
+        except StorageError:  # the bucket or the network, not this image: never skipped
+            raise
         except UserError as error:
             if not self.skip_bad:
                 raise UserError(f"{error} (set --data.skip_bad_images true to skip such files)") from None
@@ -138,6 +141,8 @@ class PredictDataset(Dataset):
         try:
             with time_limit(self.timeout, path):
                 model_input, display = self._decode(self.open(index))
+        except StorageError:  # a bucket that cannot be read stops predict, not one row
+            raise
         except UserError as error:
             blank = torch.zeros((3, *self.transform.size), dtype=torch.uint8)
             return {**item, "image": blank, "display": None, "error": str(error)}

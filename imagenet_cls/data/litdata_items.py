@@ -16,19 +16,33 @@ import random
 import re
 import struct
 import tempfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from imagenet_cls.data.retries import RetryPolicy, StorageError
 from imagenet_cls.errors import UserError
 
 DATASET_FILE = "dataset.json"  # written by imagenet_cls.prepare.litdata_writer
 OPEN_CHUNK_FILES = 64  # chunk files of a local split kept open per process (ImageNet: ~2,200 of 64 MB)
 READ_AHEAD_THREADS = 16  # HTTP requests in flight per DataLoader worker when a batch is read from a bucket
 _REMOTE = re.compile(r"^(s3|gs|gcs|azure|az)://?(.+)$")  # a Path argument collapses "s3://" into "s3:/"
+
+
+def item_checksum(item: dict[str, Any]) -> int:
+    """CRC-32 of an item's label, name and image bytes: stored with the item (``crc32``), checked when it is read.
+
+    A byte changed in a chunk (in storage, or an offset that points elsewhere) then fails the check instead of
+    giving another label, name or image.
+    """
+    crc = zlib.crc32(int(item["label"]).to_bytes(8, "little", signed=True))
+    crc = zlib.crc32(str(item["name"]).encode("utf-8", "surrogatepass") + b"\0", crc)
+    return zlib.crc32(item["image"], crc)
 
 
 def remote_url(data_dir: str | Path) -> str | None:
@@ -123,6 +137,7 @@ class OptimizedSplit:
         self.url, self.size = url, size
         self.storage_options, self.cache_dir = dict(storage_options or {}), cache_dir
         self.remote = remote_url(url) is not None
+        self.retry = RetryPolicy.from_options(storage_options)  # a bucket's reads: bounded tries, then one line
         self._reader = None
         self._reader_pid = 0
         self._loader = None  # LitData's item loader of the open dataset (it decodes an item's bytes)
@@ -130,67 +145,95 @@ class OptimizedSplit:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
         self._batch: dict[int, dict[str, Any]] = {}  # the items of the batch read ahead
+        self._failed: dict[int, StorageError] = {}  # items of that batch whose every try failed
         self._last: tuple[int, dict[str, Any]] | None = None  # the last item read on its own
 
     def __len__(self) -> int:
         return self.size
 
     def __getstate__(self) -> dict[str, Any]:
-        closed = {"_reader": None, "_loader": None, "_chunks": None, "_pool": None, "_batch": {}, "_last": None}
+        closed = {"_reader": None, "_loader": None, "_chunks": None, "_pool": None, "_batch": {}, "_failed": {},
+                  "_last": None}  # fmt: skip
         return {**self.__dict__, **closed}  # each worker opens its own
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         # Naming an item and reading it ask for it in turn: the item is kept, so it is read once.
         if index in self._batch:
             return self._batch[index]
+        if index in self._failed:  # its read ahead failed for good (tried READ_ATTEMPTS times, or damaged)
+            raise self._failed[index]
         if self._last is not None and self._last[0] == index:
             return self._last[1]
-        item = self._read(int(index))
+        with _python_random_kept() if self.remote else nullcontext():
+            item = self._checked(index, self._fetch(int(index)))
         self._last = (index, item)
         return item
 
-    def _read(self, index: int) -> dict[str, Any]:
+    def _fetch(self, index: int) -> Any:
+        """Item ``index`` as LitData decodes it (from a bucket tried again on transient failures); errors in a line."""
         reader = self.reader  # opened in this process
         try:
-            if self._chunks is not None:  # local: our reads, no LitData call, nothing drawn
-                try:
-                    item = self._loader.deserialize(self._chunks.item_bytes(index))
-                except OSError as error:  # a chunk missing or cut short
-                    raise ValueError(str(error)) from None
-            else:
-                with _python_random_kept():
-                    item = reader[index]
+            if self._chunks is None:
+                return self.retry.call(partial(reader.__getitem__, index), f"{self.url}: reading item {index}")
+            try:  # local: our reads, no LitData call, nothing drawn
+                return self._loader.deserialize(self._chunks.item_bytes(index))
+            except OSError as error:  # a chunk missing or cut short
+                raise ValueError(str(error)) from None
+        except StorageError:  # the bucket, not the item
+            raise
         except (struct.error, ValueError, KeyError, IndexError, TypeError, AttributeError, AssertionError) as error:
             raise UserError(f"{self.url}: item {index} cannot be decoded ({type(error).__name__}: {error}): "
                             "the optimized dataset is damaged; optimize it again") from None  # fmt: skip
+        except Exception as error:  # a bucket's refusal (403, 404, 416): not transient, and not this image's bytes
+            if not self.remote:
+                raise
+            raise StorageError(f"{self.url}: reading item {index} failed ({type(error).__name__}: {str(error)[:200]}):"
+                               " check the URL and the credentials; a chunk missing or cut short: optimize the dataset "
+                               "again") from None  # fmt: skip
+
+    def _checked(self, index: int, item: Any) -> dict[str, Any]:
+        """``item`` if it is an image with a label and a name and matches its checksum; else a one-line error."""
         if not (isinstance(item, dict) and isinstance(item.get("image"), bytes | bytearray | memoryview)
                 and isinstance(item.get("label"), int) and isinstance(item.get("name"), str)):  # fmt: skip
             raise UserError(f"{self.url}: item {index} is not an image with a label and a name: optimize it again")
+        if "crc32" in item and item_checksum(item) != item["crc32"]:  # datasets written before it have none
+            raise UserError(f"{self.url}: item {index} fails its checksum (crc32): its chunk is damaged; "
+                            "optimize the dataset again")  # fmt: skip
         return item
 
     def read_ahead(self, indexes: list[int], timeout: float | None = None) -> None:
         """Fetch ``indexes`` (one batch) at once: from a bucket each item is an HTTP request, so they overlap.
 
-        A local split's items are read in turn when asked (two small reads each; nothing to overlap). An item that
-        fails or takes longer than ``timeout`` is left out here: reading it on its own then reports it as usual.
+        A local split's items are read in turn when asked (two small reads each; nothing to overlap). An item whose
+        read failed for good (every try, or damaged) raises its error when asked for; one that takes longer than
+        ``timeout`` is left out here: reading it on its own then reports it as usual.
         """
         if not self.remote or len(indexes) < 2:
             return
-        reader = self.reader  # opened here, not by many threads at once
+        _ = self.reader  # opened here, not by many threads at once
         if self._pool is None or self._pool_pid != os.getpid():  # a forked worker has no threads of its parent's
             self._pool = ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix="imagenet_cls-read")
             self._pool_pid = os.getpid()
         with _python_random_kept():
-            futures = {index: self._pool.submit(reader.__getitem__, int(index)) for index in dict.fromkeys(indexes)}
+            futures = {index: self._pool.submit(self._fetch, int(index)) for index in dict.fromkeys(indexes)}
             wait(futures.values(), timeout=timeout)
-        self._batch = {
-            index: future.result() for index, future in futures.items() if future.done() and not future.exception()
-        }
+        self._batch, self._failed = {}, {}
+        for index, future in futures.items():
+            if not future.done():
+                continue
+            try:
+                self._batch[index] = self._checked(index, future.result())
+            except UserError as error:
+                self._failed[index] = error
+            except Exception:  # read on its own when asked for: reported as usual
+                pass
 
     def name(self, index: int) -> str:
         """Item ``index``'s path relative to the folder it was optimized from (``item <index>`` if unreadable)."""
         try:
             return str(self[index]["name"])
+        except StorageError:  # the bucket failed: no use reading again
+            raise
         except UserError:  # reading the item again reports it (a bad image, or the error)
             return f"item {index}"
 
@@ -208,12 +251,18 @@ class OptimizedSplit:
             key = hashlib.md5(self.url.encode()).hexdigest()[:12]
             lock = FileLock(Path(tempfile.gettempdir()) / f"imagenet_cls-{key}.lock") if self.remote else nullcontext()
             loader = PyTreeLoader()
+            options = self.retry.client_options(self.storage_options, self.url)
+
+            def open_index():
+                dataset = StreamingDataset(self.url, cache_dir=self.cache_dir, storage_options=options,
+                                           item_loader=loader)  # fmt: skip
+                len(dataset)  # reads the index and sets the item loader up
+                return dataset
+
             try:
                 with lock, _python_random_kept():
-                    self._reader = StreamingDataset(
-                        self.url, cache_dir=self.cache_dir, storage_options=self.storage_options, item_loader=loader
-                    )
-                    len(self._reader)  # reads the index and sets the item loader up
+                    index_url = f"{self.url}/index.json"
+                    self._reader = self.retry.call(open_index, index_url) if self.remote else open_index()
                 # A local split is read by us, two small reads per item: LitData memory-maps local chunks, and in
                 # random order (training) a page fault reads ahead around it (the device's read-ahead, 8 MB on
                 # some virtual disks) and it advises the kernel to read whole chunks (64 MB): a dataset larger than
@@ -223,6 +272,8 @@ class OptimizedSplit:
                 # (the offsets then hold no item): such a split is read by LitData's own reader.
                 if chunks is not None and not chunks.has_item_offsets():
                     chunks = None
+            except StorageError:
+                raise
             except Exception as error:  # LitData fails in many ways on a damaged index.json (fuzzed)
                 self._reader = None
                 raise UserError(

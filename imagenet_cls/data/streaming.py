@@ -21,6 +21,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ from imagenet_cls.data.litdata_items import (  # noqa: F401 (ChunkFiles, Optimiz
     _quiet_litdata,
     remote_url,
 )
+from imagenet_cls.data.retries import RetryPolicy, StorageError
 from imagenet_cls.errors import MissingPathError, UserError
 
 if TYPE_CHECKING:
@@ -105,10 +107,13 @@ def _download_manifest(url: str, storage_options: dict[str, Any], option: str) -
 
     folder = Path(tempfile.gettempdir()) / f"imagenet_cls-{hashlib.md5(url.encode()).hexdigest()[:12]}"
     folder.mkdir(exist_ok=True)
-    provider = _get_fs_provider(url, storage_options)
+    retry = RetryPolicy.from_options(storage_options)
+    provider = _get_fs_provider(url, retry.client_options(storage_options, url))
     for name in (DATASET_FILE, CLASS_MAP_FILE):
         try:
-            provider.download_file(f"{url}/{name}", str(folder / name))
+            retry.call(partial(provider.download_file, f"{url}/{name}", str(folder / name)), f"{url}/{name}")
+        except StorageError:  # tried READ_ATTEMPTS times: the bucket, not the dataset
+            raise
         except Exception as error:  # botocore/gcs errors differ; each one means the same to the user
             if name == DATASET_FILE:
                 raise UserError(

@@ -9,8 +9,9 @@
     DEST/<split>/index.json         LitData's index, and its chunk-*.bin files
 
 Each item holds the file's original bytes (``image``, never re-encoded unless ``max_side`` is given), its class
-index (``label``) and its path relative to SOURCE (``name``). Other source shapes (Kaggle, the ILSVRC2012 tars,
-flat files) are prepared to class folders first (``python -m imagenet_cls.prepare SOURCE FOLDERS``).
+index (``label``), its path relative to SOURCE (``name``) and a CRC-32 of the three (``crc32``, checked on read).
+Other source shapes (Kaggle, the ILSVRC2012 tars, flat files) are prepared to class folders first
+(``python -m imagenet_cls.prepare SOURCE FOLDERS``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imagenet_cls.data.litdata_items import item_checksum
 from imagenet_cls.errors import UserError
 
 if TYPE_CHECKING:
@@ -163,7 +165,8 @@ def encode_sample(item: tuple[str, int, str], max_side: int | None = None, quali
     data = Path(path).read_bytes()
     if max_side is not None:
         data = shrink(data, max_side, quality) or data
-    return {"image": data, "label": label, "name": name}
+    sample = {"image": data, "label": label, "name": name}
+    return {**sample, "crc32": item_checksum(sample)}  # checked when read: a damaged chunk is an error, never a label
 
 
 @contextmanager
