@@ -6,7 +6,6 @@ The S3 tests talk to moto's S3 server on 127.0.0.1 (a free port, dummy credentia
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.conftest import (
     differing_tensors,
     fit_args,
     untrained_weights,
+    upload,
     write_image,
 )
 
@@ -260,42 +260,6 @@ def test_split_options_on_a_dataset_with_fixed_splits_are_a_warning(class_folder
 
 
 # ---- S3 on the loopback -----------------------------------------------------------------------------------------
-@pytest.fixture
-def s3(monkeypatch, tmp_path):
-    """moto's S3 server on a free 127.0.0.1 port, found by boto3 and LitData through the AWS_* variables."""
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ALLOW_HTTP": "true",
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
-        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
-    }.items():
-        monkeypatch.setenv(name, value)
-    import boto3
-
-    client = boto3.client("s3")
-    client.create_bucket(Bucket="imagenet")
-    yield client
-    server.stop()
-
-
-def upload(client, folder: Path, prefix: str) -> str:
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            client.upload_file(str(path), "imagenet", f"{prefix}/{path.relative_to(folder).as_posix()}")
-    return f"s3://imagenet/{prefix}"
-
-
 def _fit(data: str | Path, root: Path, *extra: str) -> subprocess.CompletedProcess:
     args = [
         "fit", *TINY_MODEL, "--data.data_dir", str(data), "--trainer.default_root_dir", str(root),
@@ -348,7 +312,11 @@ def test_fit_from_s3_killed_and_resumed_equals_local_then_validate_equal(class_f
 def test_unreadable_bucket_is_one_line(s3, tmp_path, capsys):
     assert main(fit_args("s3://imagenet/missing", tmp_path / "run")) == 2
     message = capsys.readouterr().err
-    assert "s3://imagenet/missing/dataset.json cannot be read" in message and "storage_options" in message
+    assert "--data.data_dir s3://imagenet/missing holds no dataset.json" in message and "check the URL" in message
+    assert main(fit_args("s3://no-such-bucket/data", tmp_path / "run")) == 2
+    message = capsys.readouterr().err.strip()
+    assert "s3://no-such-bucket/data cannot be read (NoSuchBucket" in message and "storage_options" in message
+    assert "Traceback" not in message
 
 
 def test_litdata_opening_a_bucket_draws_from_random_and_our_reader_does_not(class_folders, tmp_path, s3):

@@ -5,7 +5,8 @@ converter's ``<config>/<split>/0000.parquet``. Rows hold ``image`` ({bytes, path
 the class names come from the ``ClassLabel`` in the files' schema metadata (``huggingface`` key), else from the
 dataset card's ``README.md``. A record is found through a small index (the first row of each row group, and every
 label: ~8 bytes a row); reading one reads its row group's image column, and the last row groups read stay in memory,
-so images read in file order cost one read per row group.
+so images read in file order cost one read per row group. Under an ``s3://`` prefix the same reads are ranged GETs
+(:mod:`~imagenet_cls.data.object_store`): a file's footer, its label column, then one row group's image column.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,39 +26,53 @@ from imagenet_cls.data.classes import classes_from_names
 from imagenet_cls.data.records import SPLIT_NAMES, RecordLayout, check_labels, numbered_classes
 from imagenet_cls.errors import UserError
 
+if TYPE_CHECKING:
+    from imagenet_cls.data.object_store import ObjectStore
+
 _HUB_FILE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-\d{5}-of-\d{5}\.parquet$")
 CACHE_BYTES = 256 * 2**20  # decoded row groups kept per process (datasets writes image rows 100 to a group)
 
 
-def parquet_files(data_dir: Path) -> dict[str, list[Path]]:
-    """``{split: files}`` of a parquet snapshot (empty when ``data_dir`` holds no parquet file)."""
-    if data_dir.is_file():
-        return {"": [data_dir]} if data_dir.suffix == ".parquet" else {}
-    files = sorted(data_dir.glob("*.parquet")) + sorted(data_dir.glob("*/*.parquet"))
-    files += sorted(data_dir.glob("*/*/*.parquet"))
-    splits: dict[str, list[Path]] = {}
+def parquet_files(data_dir: str | Path, store: ObjectStore | None = None) -> dict[str, list[str]]:
+    """``{split: files}`` of a parquet snapshot, a folder or an ``s3://`` prefix (``store``; empty: none there)."""
+    root = str(data_dir).rstrip("/") if store is not None else str(data_dir)
+    if root.endswith(".parquet") and (store.exists(root) if store is not None else Path(root).is_file()):
+        return {"": [root]}
+    if store is not None:
+        names = [url[len(root) + 1 :] for url in store.list(root) if url.endswith(".parquet")]
+    elif Path(root).is_dir():
+        names = [p.relative_to(root).as_posix() for depth in ("*", "*/*", "*/*/*") for p in Path(root).glob(depth)]
+        names = [name for name in names if name.endswith(".parquet")]
+    else:
+        return {}
+    parts = sorted((tuple(name.split("/")) for name in names if name.count("/") < 3), key=lambda p: (len(p), p))
+    splits: dict[str, list[str]] = {}
     configs = set()
-    for file in files:
-        match = _HUB_FILE.match(file.name)
-        split = match.group("split") if match else file.parent.name
-        if not match and file.parent != data_dir and file.parent.parent != data_dir:
-            configs.add(file.parent.parent.name)
+    for part in parts:  # (file,), (split, file) or (data, hub file), (config, split, file)
+        match = _HUB_FILE.match(part[-1])
+        split = match.group("split") if match else (part[-2] if len(part) > 1 else root.rstrip("/").rsplit("/")[-1])
+        if not match and len(part) == 3:
+            configs.add(part[0])
+        file = f"{root}/{'/'.join(part)}" if store is not None else str(Path(root, *part))
         splits.setdefault(SPLIT_NAMES.get(split.lower(), split), []).append(file)
     if len(configs) > 1:
         raise UserError(f"--data.data_dir {data_dir} holds several configs ({', '.join(sorted(configs))}): give one")
     return splits
 
 
-def read_parquet_layout(data_dir: Path, files: dict[str, list[Path]]) -> RecordLayout:
-    """The classes and per-split records of a parquet snapshot."""
+def read_parquet_layout(
+    data_dir: str | Path, files: dict[str, list[str]], store: ObjectStore | None = None
+) -> RecordLayout:
+    """The classes and per-split records of a parquet snapshot (``store``: under an ``s3://`` prefix)."""
     import pyarrow.parquet as pq
 
     first = next(iter(files.values()))[0]
     with unreadable_as_user_error(first):
-        schema = pq.read_schema(first)
+        schema = pq.read_schema(store.open(first) if store is not None else first)
     image, label = _columns(schema, first)
-    names = _class_names(schema, label) or _card_class_names(data_dir, label)
-    records = {split: ParquetRecords(paths, image, label, str(data_dir)) for split, paths in files.items()}
+    names = _class_names(schema, label) or _card_class_names(str(data_dir), label, store)
+    where = str(data_dir).rstrip("/") if store is not None else str(data_dir)
+    records = {split: ParquetRecords(paths, image, label, where, store) for split, paths in files.items()}
     classes = classes_from_names(names) if names else numbered_classes(records.values())
     for split_records in records.values():
         check_labels(split_records.labels, len(classes), split_records.where)
@@ -69,7 +84,7 @@ def read_parquet_layout(data_dir: Path, files: dict[str, list[Path]]) -> RecordL
     )
 
 
-def _columns(schema, file: Path) -> tuple[str, str | None]:
+def _columns(schema, file: str) -> tuple[str, str | None]:
     """The image column (``image`` or the first struct with ``bytes``/binary) and the label column (or None)."""
     import pyarrow as pa
 
@@ -113,14 +128,22 @@ def _class_names(schema, label: str | None) -> list[str] | None:
     return list(feature["names"]) if feature.get("_type") == "ClassLabel" and "names" in feature else None
 
 
-def _card_class_names(data_dir: Path, label: str | None) -> list[str] | None:
+def _card_class_names(data_dir: str, label: str | None, store: ObjectStore | None) -> list[str] | None:
     """The ``class_label`` names of the dataset card's YAML header (``README.md``), if any."""
-    card = data_dir / "README.md" if data_dir.is_dir() else None
-    if label is None or card is None or not card.is_file():
+    if label is None:
         return None
+    if store is not None:
+        card = f"{data_dir.rstrip('/')}/README.md"
+        if data_dir.endswith(".parquet") or not store.exists(card):
+            return None
+        text = store.read(card).decode("utf-8")
+    else:
+        card = Path(data_dir, "README.md")
+        if not card.is_file():
+            return None
+        text = card.read_text(encoding="utf-8")
     import yaml
 
-    text = card.read_text(encoding="utf-8")
     if not text.startswith("---"):
         return None
     header = yaml.safe_load(text.split("---", 2)[1]) or {}
@@ -142,18 +165,19 @@ class ParquetRecords:
         files: The split's files, in order.
         image: The image column.
         label: The label column (None: unlabelled, every label -1).
-        root: The snapshot folder, for names in messages.
+        root: The snapshot folder or URL, for names in messages.
+        store: The bucket the files are in (None: local files).
     """
 
-    def __init__(self, files: list[Path], image: str, label: str | None, root: str) -> None:
-        import pyarrow.parquet as pq
-
-        self.files, self.image = [str(f) for f in files], image
+    def __init__(
+        self, files: list[str], image: str, label: str | None, root: str, store: ObjectStore | None = None
+    ) -> None:
+        self.files, self.image, self.store = [str(f) for f in files], image, store
         self.where = root
         group_rows, group_file, labels = [], [], []
         for number, file in enumerate(self.files):
             with unreadable_as_user_error(file):
-                parquet = pq.ParquetFile(file)
+                parquet = self._open(number)
                 counts = [parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups)]
                 _check_row_count(file, sum(counts), parquet.metadata.num_rows)
                 column = parquet.read(columns=[label]).column(0) if label is not None else None
@@ -226,12 +250,16 @@ class ParquetRecords:
         images, paths, _ = self._cache[group]
         return images, paths, index - int(self.group_start[group])
 
-    def _read_group(self, file: int, local: int) -> tuple[list, list | None, int]:
-        """Row group ``local`` of file ``file``: (image bytes, stored paths or None, bytes held)."""
+    def _open(self, file: int):
+        """File number ``file`` as a pyarrow ``ParquetFile`` (from a bucket: over ranged GETs)."""
         import pyarrow.parquet as pq
 
+        return pq.ParquetFile(self.files[file] if self.store is None else self.store.open(self.files[file]))
+
+    def _read_group(self, file: int, local: int) -> tuple[list, list | None, int]:
+        """Row group ``local`` of file ``file``: (image bytes, stored paths or None, bytes held)."""
         if file not in self._files:  # opening parses the footer: kept open (one per file, a few KB each)
-            self._files[file] = pq.ParquetFile(self.files[file])
+            self._files[file] = self._open(file)
         column = self._files[file].read_row_group(local, columns=[self.image]).column(0).combine_chunks()
         if hasattr(column.type, "get_field_index"):  # {bytes, path}
             has_path = column.type.get_field_index("path") >= 0

@@ -19,16 +19,21 @@ import re
 import sys
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imagenet_cls.data.records import SPLIT_NAMES, RecordLayout, check_labels, numbered_classes
 from imagenet_cls.errors import MissingPathError, UserError
 
+if TYPE_CHECKING:
+    from imagenet_cls.data.object_store import ObjectStore
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 OPEN_SHARDS = 64  # shard files kept open per process
 INDEX_PROCESSES = 8  # shards indexed at once
+INDEX_THREADS = 32  # shards in a bucket indexed at once (each walk waits on one ranged GET at a time)
+INDEX_BLOCK = 16 * 2**10  # bytes a ranged GET reads while walking a shard in a bucket (headers, small members)
 _SPLIT_TOKEN = re.compile(r"(?:^|[-_.])(train|validation|valid|val|test)(?=$|[-_.\d])", re.IGNORECASE)
 
 
@@ -37,51 +42,78 @@ def is_brace_pattern(spec: str) -> bool:
     return "{" in spec and ".." in spec and spec.rstrip("/").endswith(".tar")
 
 
-def wds_shards(spec: str | Path) -> dict[str, list[Path]]:
-    """``{split: shards}`` of a folder of tar shards, a brace pattern, or one ``.tar`` (``{}``: not shards)."""
-    spec = str(spec)
+def wds_shards(spec: str | Path, store: ObjectStore | None = None) -> dict[str, list[str]]:
+    """``{split: shards}`` of a folder of tar shards, a brace pattern, or one ``.tar`` (``{}``: not shards).
+
+    With ``store``, ``spec`` is an ``s3://`` prefix, pattern or object.
+    """
+    spec = str(spec).rstrip("/") if store is not None else str(spec)
     if is_brace_pattern(spec):
         from braceexpand import braceexpand
 
-        files = [Path(name) for name in braceexpand(spec)]
-        missing = [str(f) for f in files if not f.is_file()]
+        files = list(braceexpand(spec))
+        if store is not None:
+            found = {}
+            for folder in dict.fromkeys(f.rsplit("/", 1)[0] for f in files):
+                found.update(store.list(folder, recursive=False))
+            missing = [f for f in files if f not in found]
+        else:
+            missing = [f for f in files if not Path(f).is_file()]
         if missing:
             raise MissingPathError(f"{spec}: {len(missing)} shards missing, such as {missing[0]}")
         return _by_split(files)
-    path = Path(spec)
-    if path.is_file():
-        return {"": [path]} if path.suffix == ".tar" else {}
-    if not path.is_dir():
+    if spec.endswith(".tar") and (store.exists(spec) if store is not None else Path(spec).is_file()):
+        return {"": [spec]}
+    if store is not None:
+        found = store.list(spec, recursive=False)
+        info = f"{spec}/_info.json"
+        info_text = store.read(info).decode("utf-8") if info in found else None
+        tars = [url for url in found if url.endswith(".tar")]
+    elif Path(spec).is_dir():
+        info_text = _read_text(Path(spec, "_info.json"))
+        tars = [str(p) for p in sorted(Path(spec).glob("*.tar"))]
+    else:
         return {}
-    info = path / "_info.json"
-    if info.is_file():
-        splits = json.loads(info.read_text(encoding="utf-8")).get("splits", {})
+    if info_text is not None:
+        splits = json.loads(info_text).get("splits", {})
         listed = {
-            SPLIT_NAMES.get(name.lower(), name): [path / f for f in split["filenames"]]
+            SPLIT_NAMES.get(name.lower(), name): [_join(spec, f, store) for f in split["filenames"]]
             for name, split in splits.items()
             if split.get("filenames")
         }
         if listed:
             return listed
-    return _by_split(sorted(path.glob("*.tar")))
+    return _by_split(tars)
 
 
-def _by_split(files: list[Path]) -> dict[str, list[Path]]:
-    splits: dict[str, list[Path]] = {}
+def _join(folder: str, name: str, store: ObjectStore | None) -> str:
+    return f"{folder}/{name}" if store is not None else str(Path(folder, name))
+
+
+def _read_text(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def _by_split(files: list[str]) -> dict[str, list[str]]:
+    splits: dict[str, list[str]] = {}
     for file in files:
-        match = _SPLIT_TOKEN.search(file.stem)
+        match = _SPLIT_TOKEN.search(file.rsplit("/", 1)[-1].removesuffix(".tar"))
         splits.setdefault(SPLIT_NAMES[match.group(1).lower()] if match else "", []).append(file)
     return splits
 
 
-def read_wds_layout(spec: str | Path, shards: dict[str, list[Path]]) -> RecordLayout:
-    """The classes and per-split records of WebDataset shards."""
+def read_wds_layout(spec: str | Path, shards: dict[str, list[str]], store: ObjectStore | None = None) -> RecordLayout:
+    """The classes and per-split records of WebDataset shards (``store``: in an ``s3://`` bucket)."""
     where = str(spec).rstrip("/")
-    records = {split: TarRecords(files, where) for split, files in shards.items()}
-    info = Path(spec) / "_info.json"
+    records = {split: TarRecords(files, where, store) for split, files in shards.items()}
     names = None
-    if not is_brace_pattern(str(spec)) and info.is_file():
-        names = json.loads(info.read_text(encoding="utf-8")).get("class_names")
+    if not is_brace_pattern(str(spec)):
+        info = _join(where, "_info.json", store)
+        if store is not None:
+            text = store.read(info).decode("utf-8") if store.exists(info) else None
+        else:
+            text = _read_text(Path(info))
+        names = json.loads(text).get("class_names") if text else None
     if names:
         from imagenet_cls.data.classes import classes_from_names
 
@@ -99,13 +131,14 @@ class TarRecords:
     """The samples of one split's tar shards, by global index (image bytes by ``pread``).
 
     Args:
-        shards: The split's tar files, in order.
+        shards: The split's tar files (or URLs), in order.
         where: The folder or pattern they were given as, for names in messages.
+        store: The bucket the shards are in (None: local files).
     """
 
-    def __init__(self, shards: list[Path], where: str) -> None:
-        self.shards, self.where = [str(s) for s in shards], where
-        parts = _index_shards(self.shards)
+    def __init__(self, shards: list[str], where: str, store: ObjectStore | None = None) -> None:
+        self.shards, self.where, self.store = [str(s) for s in shards], where, store
+        parts = _index_shards(self.shards, store)
         self.shard_of = np.concatenate(
             [np.full(len(p[0]), number, dtype=np.int32) for number, p in enumerate(parts)] or [np.zeros(0, np.int32)]
         )
@@ -133,6 +166,10 @@ class TarRecords:
         return self.names[start : int(self.ends[index])]
 
     def image_bytes(self, index: int) -> bytes:
+        if self.store is not None:  # one ranged GET
+            return self.store.read(
+                self.shards[int(self.shard_of[index])], int(self.offsets[index]), int(self.sizes[index])
+            )
         if self._pid != os.getpid():
             self._open, self._pid = OrderedDict(), os.getpid()
         shard = int(self.shard_of[index])
@@ -145,8 +182,15 @@ class TarRecords:
         return os.pread(self._open[shard], int(self.sizes[index]), int(self.offsets[index]))
 
 
-def _index_shards(shards: list[str]) -> list:
-    """:func:`index_tar` of each shard; shards in parallel processes (up to 8) when there are several."""
+def _index_shards(shards: list[str], store: ObjectStore | None = None) -> list:
+    """:func:`index_tar` of each shard; shards in parallel processes (up to 8), in a bucket threads (up to 32)."""
+    if store is not None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from imagenet_cls.data.object_store import random_kept
+
+        with random_kept(), ThreadPoolExecutor(min(INDEX_THREADS, len(shards) or 1)) as pool:
+            return list(pool.map(lambda shard: index_tar(shard, store), shards))
     workers = min(INDEX_PROCESSES, os.cpu_count() or 1, len(shards))
     if workers < 2:
         return [index_tar(shard) for shard in shards]
@@ -158,8 +202,11 @@ def _index_shards(shards: list[str]) -> list:
         return list(pool.map(index_tar, shards, chunksize=max(1, len(shards) // (4 * workers))))
 
 
-def index_tar(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def index_tar(path: str, store: ObjectStore | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Each sample's image ``(offsets, sizes, labels, names)`` in tar ``path``, from its headers.
+
+    In a bucket (``store``) the walk reads through a file of ranged GETs of ``INDEX_BLOCK`` bytes: one GET per
+    sample whose image is larger than the block, fewer for smaller ones; the images themselves are not read.
 
     Raises:
         UserError: the file is not a tar, or a sample has no image.
@@ -174,7 +221,7 @@ def index_tar(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]
             raise UserError(f"{path}: sample {key!r} has no image ({', '.join(IMAGE_EXTENSIONS)})")
         offsets.append(image[0]), sizes.append(image[1]), labels.append(label), names.append(image[2])
 
-    with open(path, "rb") as file:
+    with open(path, "rb") if store is None else store.open(path, INDEX_BLOCK) as file:
         for name, offset, size in _members(file, path):
             slash = name.rfind("/")
             dot = name.find(".", slash + 1)
