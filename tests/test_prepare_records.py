@@ -89,7 +89,7 @@ def test_records_to_class_folders_copy_bytes_and_resume(split_folders, tmp_path,
 
 
 @pytest.mark.parametrize("kind", ["parquet", "webdataset"])
-def test_records_to_litdata_in_one_pass_keep_bytes_labels_names(split_folders, tmp_path, monkeypatch, kind):
+def test_records_to_litdata_in_one_pass_keep_bytes_labels_names(split_folders, tmp_path, monkeypatch, capsys, kind):
     source = write_source(kind, split_folders, tmp_path / kind)
     before = files_outside(tmp_path, tmp_path / "optimized")
     no_folder_writes(monkeypatch)
@@ -108,8 +108,15 @@ def test_records_to_litdata_in_one_pass_keep_bytes_labels_names(split_folders, t
             (records.name(i), records.label(i), records.image_bytes(i)) for i in range(len(records))
         ]
     done = _tree(dest)
+    capsys.readouterr()
     assert main([str(source), str(dest), "--format", "litdata", "--no-progress"]) == 0  # a rerun keeps both
-    assert _tree(dest) == done
+    assert _tree(dest) == done and capsys.readouterr().err.count("already optimized") == 2
+    (dest / "val" / "index.json").unlink()  # as if killed while writing val
+    assert main([str(source), str(dest), "--format", "litdata", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "already optimized (36 images), kept" in err and f"val: {kind} -> " in err
+    again = _tree(dest)
+    assert again.pop("val/index.json") and again == {k: v for k, v in done.items() if k != "val/index.json"}
 
 
 def test_ilsvrc_tars_to_litdata_in_one_pass_equal_prepare_then_optimize(tmp_path, monkeypatch):
