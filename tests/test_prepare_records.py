@@ -212,3 +212,22 @@ def test_validate_from_litdata_written_from_shards_equals_the_folders(split_fold
 
     from_folders = validate(split_folders)
     assert from_folders["val_images"] == 12 and validate(dest) == from_folders
+
+
+def test_a_brace_pattern_and_a_source_of_one_unnamed_split(split_folders, tmp_path, capsys):
+    source = write_source("webdataset", split_folders, tmp_path / "shards")
+    (source / "_info.json").unlink()
+    for number, shard in enumerate(sorted(source.glob("validation-*.tar"))):
+        shard.rename(tmp_path / f"shard-{number:06d}.tar")  # names without a split
+    pattern = str(tmp_path / "shard-{000000..000001}.tar")
+    assert main([pattern, str(tmp_path / "out"), "--format", "litdata", "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: SOURCE {pattern}: split '' is none of train/validation/test")
+    assert "--split train|val|test" in error
+    dest = tmp_path / "out"
+    assert main([pattern, str(dest), "--format", "litdata", "--split", "val", "--no-progress"]) == 0
+    manifest = json.loads((dest / "dataset.json").read_text())
+    assert manifest["splits"] == {"val": 12} and manifest["classes"] == ["0", "1", "2"]  # unnamed labels: numbers
+    assert sorted(h for _, _, h in stored(dest, "val")) == sorted(
+        p.read_bytes() for p in (split_folders / "val").rglob("*.jpg")
+    )
