@@ -231,3 +231,19 @@ def test_a_brace_pattern_and_a_source_of_one_unnamed_split(split_folders, tmp_pa
     assert sorted(h for _, _, h in stored(dest, "val")) == sorted(
         p.read_bytes() for p in (split_folders / "val").rglob("*.jpg")
     )
+
+
+def test_max_side_reencodes_streamed_images(split_folders, tmp_path):
+    from PIL import Image
+
+    source = write_source("parquet", split_folders, tmp_path / "snapshot")
+    dest = tmp_path / "optimized"
+    assert main([str(source), str(dest), "--format", "litdata", "--max-side", "16", "--no-progress"]) == 0
+    assert json.loads((dest / "dataset.json").read_text())["options"] == {"max_side": 16, "quality": 90}
+    layout = open_layout(source, (0.8, 0.1, 0.1), 0)
+    for _, _, data in stored(dest, "val"):  # pixels re-encoded; the order, names and labels kept (below)
+        with Image.open(io.BytesIO(data)) as image:
+            assert (image.format, image.size) == ("JPEG", (16, 16))
+    assert [(n, lab) for n, lab, _ in stored(dest, "val")] == [
+        (layout.records["val"].name(i), layout.records["val"].label(i)) for i in range(12)
+    ]
