@@ -110,11 +110,9 @@ def _count_calls(monkeypatch, cls, name: str) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("labels", ["devkit", "solution_csv"])
-def test_archives_with_devkit_or_solution_csv(tmp_path, monkeypatch, labels):
-    source = tmp_path / "archives"
-    source.mkdir()
-    images = tmp_path / "images"
+def make_archives(source: Path, images: Path, labels: str = "devkit") -> list[str]:
+    """ILSVRC2012's tars in small: a train tar of 2 class tars x 2 images, a val tar of 30 images; val's wnids."""
+    source.mkdir(parents=True)
     with tarfile.open(source / "ILSVRC2012_img_train.tar", "w") as outer:
         for c, wnid in enumerate(WNIDS):
             inner_bytes = io.BytesIO()
@@ -135,6 +133,13 @@ def test_archives_with_devkit_or_solution_csv(tmp_path, monkeypatch, labels):
     else:
         rows = "".join(f"ILSVRC2012_val_{i + 1:08d},{w} 1 1 1 1\n" for i, w in enumerate(val_labels))
         (source / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + rows)
+    return val_labels
+
+
+@pytest.mark.parametrize("labels", ["devkit", "solution_csv"])
+def test_archives_with_devkit_or_solution_csv(tmp_path, monkeypatch, labels):
+    source, images = tmp_path / "archives", tmp_path / "images"
+    val_labels = make_archives(source, images, labels)
     before = _tree(source)
     assert detect_shape(source) == "archives"
     visited = _count_calls(monkeypatch, tarfile.TarInfo, "isfile")

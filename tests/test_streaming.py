@@ -110,7 +110,7 @@ def test_max_side_reencodes_only_larger_images(tmp_path):
     assert json.loads((dest / "dataset.json").read_text())["options"] == {"max_side": 48, "quality": 85}
 
 
-def test_optimize_reads_a_flat_folder_in_one_step_and_refuses_tars(tmp_path, capsys):
+def test_optimize_reads_a_flat_folder_in_one_step_and_names_a_broken_tar(tmp_path, capsys):
     flat = tmp_path / "flat"
     colours = {1: (200, 0, 0), 2: (0, 0, 200)}
     files = [
@@ -127,8 +127,12 @@ def test_optimize_reads_a_flat_folder_in_one_step_and_refuses_tars(tmp_path, cap
     archives = tmp_path / "archives"
     archives.mkdir()
     (archives / "ILSVRC2012_img_val.tar").write_bytes(b"")
+    capsys.readouterr()
     assert prepare_main([str(archives), str(tmp_path / "out2"), "--format", "litdata"]) == 2
-    assert "prepare" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+    error = capsys.readouterr().err.strip()
+    tar = archives / "ILSVRC2012_img_val.tar"
+    assert error == f"error: {tar} is truncated or not a tar (empty file): download it again"
+    assert not (tmp_path / "out2").exists()
 
 
 def test_fit_and_validate_from_optimized_equal_folders(class_folders, tmp_path):

@@ -8,13 +8,17 @@
   devkit's ground truth (``ILSVRC2012_devkit_t12.tar.gz``) or a ``LOC_val_solution.csv``;
 * ``class_folders``: the seed's layout, class folders named by wnid or already renamed ``<number>-<name>``,
   with ``folder_num_class_map.txt``;
-* ``flat``: files named ``<wnid>_<anything>.<ext>`` in one folder (like the ImageNet sample images).
+* ``flat``: files named ``<wnid>_<anything>.<ext>`` in one folder (like the ImageNet sample images);
+* ``parquet``: a Hugging Face snapshot (``data/<split>-NNNNN-of-NNNNN.parquet``, ILSVRC/imagenet-1k);
+* ``webdataset``: tar shards, a folder or a brace pattern (``train-{0000..0146}.tar``, timm/imagenet-1k-wds).
 
 DEST gets ``train/``, ``val/`` and (where labels exist) ``test/`` with wnid class folders, plus
 ``folder_num_class_map.txt``. Files are hard links where the filesystem allows, else symbolic links, else copies
-(``--mode``); archives are extracted, each tar read once. A rerun skips finished files, so an interrupted run just
-continues; ``DEST/prepare.json`` records the split arguments, and a rerun with other ones is refused (an image must
-not end up in two splits).
+(``--mode``); archives are extracted, each tar read once; parquet rows and WebDataset samples are written as files
+(their stored bytes; named by their stored path or key), a split labelled all -1 into ``unlabelled/<split>/``.
+``--format litdata`` writes LitData chunks instead, reading any of these sources once. A rerun skips finished
+files, so an interrupted run just continues; ``DEST/prepare.json`` records the split arguments, and a rerun with
+other ones is refused (an image must not end up in two splits).
 ``python -m imagenet_cls.prepare --check DIR`` checks a prepared (or any class-folder) dataset.
 """
 
@@ -50,13 +54,19 @@ class Item:
 
 # ---- recognising the source ----------------------------------------------------------------------------------
 def detect_shape(source: Path) -> str:
-    """Which of ``kaggle``, ``archives``, ``class_folders``, ``flat`` SOURCE is."""
+    """Which of ``kaggle``, ``archives``, ``parquet``, ``webdataset``, ``class_folders``, ``flat`` SOURCE is."""
+    from imagenet_cls.prepare.records_source import records_shape
+
     if not source.is_dir():
+        if records_shape(source):  # a brace pattern of shards
+            return records_shape(source)
         raise UserError(f"SOURCE {source} is not a folder: give the folder you downloaded ImageNet into")
     if (source / KAGGLE_ROOT).is_dir() or (source / "CLS-LOC").is_dir():
         return "kaggle"
     if (source / "ILSVRC2012_img_train.tar").is_file() or (source / "ILSVRC2012_img_val.tar").is_file():
         return "archives"
+    if shape := records_shape(source):
+        return shape
     folders = [p for p in source.iterdir() if p.is_dir() and not is_hidden(p.name)]
     if folders:
         return "class_folders"
@@ -180,6 +190,12 @@ def prepare(
     if shape == "archives":
         written, names = extract_archives(source, dest, progress)
         counts = {"placed": written, "mode": "extracted"}
+    elif shape in ("parquet", "webdataset"):
+        from imagenet_cls.prepare.records_source import open_records
+        from imagenet_cls.prepare.streamed import write_folders
+
+        streamed = open_records(source, shape, split)
+        counts, names = write_folders(streamed, dest, progress), streamed.names
     else:
         planner = {"kaggle": plan_kaggle, "class_folders": plan_folders, "flat": plan_flat}[shape]
         items, names = planner(source) if shape == "kaggle" else planner(source, split, seed)
@@ -242,7 +258,7 @@ def _argument_parser() -> argparse.ArgumentParser:
         choices=["folders", "litdata"],
         default="folders",
         help="folders: class folders (default); litdata: one LitData optimized dataset per split, read in one pass "
-        "from class folders, Kaggle or flat <wnid>_* files (see imagenet_cls/prepare/litdata_writer.py)",
+        "from any source above, with no class folders in between (see imagenet_cls/prepare/litdata_writer.py)",
     )
     parser.add_argument("--max-side", type=int, help="litdata: re-encode images larger than this (changes pixels)")
     parser.add_argument("--quality", type=int, default=90, help="litdata: JPEG quality of re-encoded images")
@@ -290,17 +306,22 @@ def _write_litdata(args: argparse.Namespace) -> int:
     from imagenet_cls.prepare.litdata_writer import write_litdata
 
     shape = detect_shape(args.source)
-    if shape == "archives":
-        raise UserError(
-            f"--format litdata does not read the ILSVRC2012 tars yet: prepare {args.source} first "
-            "(python -m imagenet_cls.prepare SOURCE FOLDERS), then optimize FOLDERS"
-        )
-    planned = None
-    if shape in ("flat", "kaggle"):  # read in place, one pass: no class folders in between
-        items, _ = plan_kaggle(args.source) if shape == "kaggle" else plan_flat(args.source, args.split, args.seed)
-        planned = plan_layout(items, shape)
-    done = write_litdata(args.source, args.dest, args.split, args.seed, args.max_side, args.quality,
-                         progress=not args.no_progress, planned=planned)  # fmt: skip
+    if shape in ("archives", "parquet", "webdataset"):  # streamed into the chunks, the source read once
+        from imagenet_cls.prepare.litdata_stream import write_litdata_stream
+        from imagenet_cls.prepare.records_source import open_records
+        from imagenet_cls.prepare.tar_stream import open_archives
+
+        if _inside(args.dest, args.source):
+            raise UserError(f"DEST {args.dest} is inside SOURCE {args.source}: choose a folder outside the source")
+        streamed = open_archives(args.source) if shape == "archives" else open_records(args.source, shape, args.split)
+        done = write_litdata_stream(streamed, args.dest, args.max_side, args.quality, not args.no_progress)
+    else:
+        planned = None
+        if shape in ("flat", "kaggle"):  # read in place, one pass: no class folders in between
+            items, _ = plan_kaggle(args.source) if shape == "kaggle" else plan_flat(args.source, args.split, args.seed)
+            planned = plan_layout(items, shape)
+        done = write_litdata(args.source, args.dest, args.split, args.seed, args.max_side, args.quality,
+                             progress=not args.no_progress, planned=planned)  # fmt: skip
     print(f"optimized {done['classes']} classes into {args.dest}: {done['splits']} images per split")
     return 0
 
