@@ -19,9 +19,10 @@ BENCHMARKS = [
     "bench.memory",
     "bench.finetune",
     "bench.streaming",
+    "bench.records",
     "bench.serve",
 ]
-NEEDS_SAMPLE = {"bench.pipeline", "bench.predict", "bench.pretrained", "bench.serve"}
+NEEDS_SAMPLE = {"bench.pipeline", "bench.predict", "bench.pretrained", "bench.serve", "bench.records"}
 
 
 def main() -> int:

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench import scale_records
 from bench.common import PEAK_RSS_MB, REPO, run_python
 
 TRAIN_IMAGES = 1_281_167
@@ -280,7 +281,7 @@ def _log(message: str) -> None:
     print(f"  {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
-def run_fraction(fraction: float, work: Path, run: dict, save: Callable[[], None]) -> None:
+def run_fraction(fraction: float, work: Path, run: dict, save: Callable[[], None], only: str = "all") -> None:
     """Every step at one fraction into ``run["steps"]`` (``files``: what its cost per file divides by), saving
     after each. The steps the targets name come first, so an interrupted run still has them."""
     root = Path(tempfile.mkdtemp(prefix=f"scale-{fraction:g}-", dir=work))
@@ -293,12 +294,21 @@ def run_fraction(fraction: float, work: Path, run: dict, save: Callable[[], None
         _log(f"{name}: {steps[name]['seconds']:.2f} s")
         save()
 
+    def record(name: str, found: dict) -> None:
+        steps[name] = found
+        _log(f"{name}: {found['seconds']:.2f} s")
+        save()
+
     def step(name: str, files: int | None, code: str, **params) -> None:
         steps[name] = {**child(code, **params), "files": files}
         _log(f"{name}: {steps[name]['seconds']:.2f} s")
         save()
 
     try:
+        if only == "records":
+            run.update(train=round(TRAIN_IMAGES * fraction))
+            scale_records.run_steps(work / "imagenet-cls-scale-records", run["train"], record)
+            return
         download = Download(root, fraction)
         n_train, n_val = download.train, download.val
         everything, dest = n_train + n_val, root / "dest"
@@ -337,6 +347,7 @@ def run_fraction(fraction: float, work: Path, run: dict, save: Callable[[], None
         args += ["--data.batch_size", "64", "--data.num_workers", "2", "--writer.output_dir", str(output)]
         args += ["--writer.write_images", "false"]
         step("predict val (tiny model, CSV only)", n_val, PREDICT, args=args, output=output)
+        scale_records.run_steps(work / "imagenet-cls-scale-records", n_train, record)
     finally:
         timed("remove the temporary folder (harness)", None, lambda: _remove(root))
 
@@ -389,6 +400,7 @@ def summarise(runs: list[dict], total_s: float, finished: bool) -> dict:
             "imported_rss_mb": scan["imported_rss_mb"],
             "met": scan["seconds"] < SCAN_TARGET_S and scan["peak_rss_mb"] < SCAN_TARGET_MB,
         }
+    verdicts.update(scale_records.verdicts(last["steps"]))
     verdicts["total"] = {"seconds": total_s, "finished": finished, "met": finished and total_s < TOTAL_TARGET_S}
     return verdicts
 
@@ -439,6 +451,15 @@ def format_table(runs: list[dict], verdicts: dict) -> str:
             f"({scan['imported_rss_mb']:.0f} MB after imports); target < {SCAN_TARGET_S:.0f} s and "
             f"< {SCAN_TARGET_MB:.0f} MB: " + ("met" if scan["met"] else "MISSED")
         )
+    for kind in ("parquet", "webdataset"):
+        setup = verdicts.get(f"{kind} set-up")
+        if setup:
+            lines.append(
+                f"{kind} index set-up of {setup['files']} rows: {setup['seconds']:.1f} s, RSS after it "
+                f"{setup['rss_mb']:.0f} MB ({setup['imported_rss_mb']:.0f} MB of it imports); target < "
+                f"{scale_records.SETUP_TARGET_S:.0f} s and < {scale_records.RSS_TARGET_MB:.0f} MB: "
+                + ("met" if setup["met"] else "MISSED")
+            )
     total = verdicts["total"]
     each = ", ".join(
         f"{label} {run['seconds']:.0f} s" for label, run in zip(labels, runs, strict=True) if "seconds" in run
@@ -469,6 +490,13 @@ def main(argv: list[str] | None = None) -> int:
         "our code rather than the disk's metadata speed, and needs ~8 GB of memory at 100%%)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "scale.json", help="the JSON results")
+    parser.add_argument(
+        "--only",
+        choices=["all", "records"],
+        default="all",
+        help="records: only the parquet and WebDataset steps (bench/scale_records.py; their sources are cached "
+        "under --work/imagenet-cls-scale-records)",
+    )
     parser.add_argument(
         "--previous",
         type=Path,
@@ -507,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(current)
         run_start = time.perf_counter()
         try:
-            run_fraction(fraction, args.work, current, save)
+            run_fraction(fraction, args.work, current, save, args.only)
         finally:
             current.update(seconds=time.perf_counter() - run_start, load_after=os.getloadavg())
             save()

@@ -11,9 +11,15 @@ HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 
 
 def write_parquet_snapshot(
-    splits: dict[str, list[tuple[str, int]]], names: list[str], dest: Path, files: int = 2, hidden: tuple = ()
+    splits: dict[str, list[tuple[str, int]]],
+    names: list[str],
+    dest: Path,
+    files: int = 2,
+    hidden: tuple = (),
+    group_rows: int = 4,
 ) -> Path:
-    """``dest/data/<split>-0000i-of-0000N.parquet`` + a card; ``hidden`` splits get label -1 (as ImageNet's test)."""
+    """``dest/data/<split>-0000i-of-0000N.parquet`` + a card; ``hidden`` splits get label -1 (as ImageNet's test);
+    ``group_rows`` rows a row group (4: several groups in a tiny test; ``datasets`` itself writes 100 images)."""
     import datasets
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
@@ -27,7 +33,9 @@ def write_parquet_snapshot(
         per_file = math.ceil(len(table) / files)
         for i in range(files):
             part = table.select(range(i * per_file, min(len(table), (i + 1) * per_file)))
-            part.to_parquet(str(dest / "data" / f"{HUB_SPLITS[split]}-{i:05d}-of-{files:05d}.parquet"), batch_size=4)
+            part.to_parquet(
+                str(dest / "data" / f"{HUB_SPLITS[split]}-{i:05d}-of-{files:05d}.parquet"), batch_size=group_rows
+            )
     (dest / "README.md").write_text("---\nlicense: other\n---\n# test snapshot\n", encoding="utf-8")
     return dest
 

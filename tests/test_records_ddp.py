@@ -1,7 +1,14 @@
 """Parquet and WebDataset sources under DDP (gloo, CPU) and across a kill -9: each image once per evaluation over 2
-and 3 processes (13 images: uneven), and a run killed mid-epoch resumes bitwise equal to an uninterrupted one."""
+and 3 processes (13 images: uneven), and a run killed mid-epoch resumes bitwise equal to an uninterrupted one.
 
+The default run checks the data module's loaders in 2 and 3 forked gloo processes (seconds); the same through the
+CLI's fit and validate (Lightning's DDP launcher, minutes on 2 cores) and the kill -9 resume are slow tests.
+"""
+
+import hashlib
+import multiprocessing
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,13 +30,79 @@ def _as(source: str, folders: Path, dest: Path, names: list[str]) -> Path:
     return write_wds_shards(splits, dest, per_shard=5)
 
 
-@pytest.mark.parametrize("source", ["parquet", "webdataset"])
-def test_evaluation_over_2_and_3_processes_counts_each_record_once(tmp_path, source):
+def _thirteen(tmp_path: Path, source: str) -> Path:
+    """7 classes, 21 training and 13 validation images (uneven over 2 and 3 processes) as ``source``."""
     folders = tmp_path / "thirteen"
     make_class_folders(folders / "train", per_class=3, classes=SEVEN)
     make_class_folders(folders / "val", per_class=2, classes=SEVEN)
     (folders / "val" / "n00000007" / "img_001.jpg").unlink()  # 13: 7 + 6 over 2, 5 + 4 + 4 over 3
-    data = _as(source, folders, tmp_path / source, sorted(SEVEN))
+    return _as(source, folders, tmp_path / source, sorted(SEVEN))
+
+
+def _rank_reads(data: Path, store: Path, world: int, rank: int, queue) -> None:
+    """One gloo process: what its validation loader yields and which training records its sampler gives it."""
+    import torch.distributed as dist
+
+    from imagenet_cls.data.datamodule import ImageNetDataModule
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", world_size=world, rank=rank)
+    try:
+        data_module = ImageNetDataModule(data_dir=data, batch_size=2, num_workers=1)
+        data_module.trainer = SimpleNamespace(world_size=world, global_rank=rank)
+        data_module.set_preprocessing({"input_size": (3, 16, 16), "interpolation": "bilinear", "crop_pct": 1.0})
+        data_module.setup("fit")
+        val = [
+            (int(label), hashlib.sha1(image.numpy().tobytes()).hexdigest())
+            for images, labels, _ in data_module.val_dataloader()
+            for image, label in zip(images, labels, strict=True)
+        ]
+        sampler = data_module.train_dataloader().sampler
+        names = [data_module.datasets["train"].describe(index) for index, _ in sampler]
+        dist.barrier()
+        queue.put((rank, val, names))
+    except BaseException as error:  # the parent's wait ends now, with the reason
+        queue.put((rank, repr(error), []))
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("source", ["parquet", "webdataset"])
+def test_loaders_over_2_and_3_gloo_processes_give_each_record_once(tmp_path, source):
+    import imagenet_cls.data.datamodule  # noqa: F401  (imported once, before the forks)
+
+    data = _thirteen(tmp_path, source)
+    context = multiprocessing.get_context("fork")  # no re-import per process: seconds, not minutes
+    seen = {}
+    for world in (1, 2, 3):
+        queue = context.Queue()
+        processes = [
+            context.Process(target=_rank_reads, args=(data, tmp_path / f"store{world}", world, rank, queue))
+            for rank in range(world)
+        ]
+        for process in processes:
+            process.start()
+        results = sorted(queue.get(timeout=120) for _ in processes)
+        assert all(isinstance(val, list) for _, val, _ in results), results
+        for process in processes:
+            process.join(60)
+            assert process.exitcode == 0
+        seen[world] = results
+    single_val, single_train = seen[1][0][1], seen[1][0][2]
+    assert len(single_val) == 13 and len(set(single_train)) == len(single_train) == 21
+    for world in (2, 3):
+        val = [item for _, rank_val, _ in seen[world] for item in rank_val]
+        assert sorted(val) == sorted(single_val)  # each validation image once, the same pixels and labels
+        assert [len(rank_val) for _, rank_val, _ in seen[world]] == [len(range(r, 13, world)) for r in range(world)]
+        train = [name for _, _, names in seen[world] for name in names]
+        assert set(train) == set(single_train)  # every training record in the epoch, padded to equal shares only
+        assert len(train) == -(-21 // world) * world
+
+
+@pytest.mark.slow  # fit + validate on 1, 2 and 3 processes through the CLI: minutes on 2 cores
+@pytest.mark.parametrize("source", ["parquet", "webdataset"])
+def test_evaluation_over_2_and_3_processes_counts_each_record_once(tmp_path, source):
+    data = _thirteen(tmp_path, source)
     from tests.test_ddp import COMMON, TINY_MODEL, _run
 
     root = tmp_path / "fit"

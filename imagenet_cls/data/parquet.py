@@ -4,8 +4,9 @@ Two layouts are found: the hub's ``data/<split>-00000-of-00004.parquet`` (ILSVRC
 converter's ``<config>/<split>/0000.parquet``. Rows hold ``image`` ({bytes, path}) and ``label`` (a ``ClassLabel``);
 the class names come from the ``ClassLabel`` in the files' schema metadata (``huggingface`` key), else from the
 dataset card's ``README.md``. A record is found through a small index (the first row of each row group, and every
-label: ~8 bytes a row); reading one reads its row group's image column, and the last row groups read stay in memory,
-so images read in file order cost one read per row group. Under an ``s3://`` prefix the same reads are ranged GETs
+label: ~8 bytes a row); reading one reads its row group's image bytes (``image.bytes`` alone: the stored paths are
+a second, small read) and the last row groups read stay in memory as Arrow buffers, so images read in file order cost
+one read per row group and one copy per image. Under an ``s3://`` prefix the same reads are ranged GETs
 (:mod:`~imagenet_cls.data.object_store`): a file's footer, its label column, then one row group's image column.
 """
 
@@ -174,13 +175,14 @@ class ParquetRecords:
     ) -> None:
         self.files, self.image, self.store = [str(f) for f in files], image, store
         self.where = root
-        group_rows, group_file, labels = [], [], []
+        group_rows, group_file, labels, kind = [], [], [], None
         for number, file in enumerate(self.files):
             with unreadable_as_user_error(file):
                 parquet = self._open(number)
                 counts = [parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups)]
                 _check_row_count(file, sum(counts), parquet.metadata.num_rows)
                 column = parquet.read(columns=[label]).column(0) if label is not None else None
+                kind = kind or parquet.schema_arrow.field(image).type
             if column is not None and (len(column) != sum(counts) or column.null_count):
                 raise UserError(f"{file}: {column.null_count or 'some'} rows have no label: fix or drop them")
             group_rows += counts
@@ -193,62 +195,85 @@ class ParquetRecords:
         self.group_file = np.asarray(group_file, dtype=np.int32)
         self.labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int32)
         self.unlabelled = bool(len(self.labels)) and bool((self.labels == -1).all())
+        self.struct_fields = [kind.field(i).name for i in range(kind.num_fields)] if _is_struct(kind) else []
         self._cache: OrderedDict[int, Any] = OrderedDict()
         self._files: dict[int, Any] = {}  # open pyarrow ParquetFiles
-        self._cache_pid = 0
+        self._cache_pid, self._cached = 0, 0  # the process the cache belongs to, its bytes
 
     def __len__(self) -> int:
         return int(self.group_start[-1])
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_cache": OrderedDict(), "_files": {}, "_cache_pid": 0}  # each worker its own
+        return {
+            **self.__dict__,
+            "_cache": OrderedDict(),
+            "_files": {},
+            "_cache_pid": 0,
+            "_cached": 0,
+        }  # each worker its own
 
     def label(self, index: int) -> int:
         return int(self.labels[index])
 
     def name(self, index: int) -> str:
         try:
-            _, paths, row = self._row(index)
+            group, row = self._locate(index)
+            paths = self._group(group)[3]
         except OSError:  # a damaged row group: named by file and row; reading its image reports the damage
+            group, row = self._locate(index)
             paths = None
         if paths is not None and paths[row]:
             return paths[row]
-        file = int(self.group_file[np.searchsorted(self.group_start, index, side="right") - 1])
+        file = int(self.group_file[group])
         return f"{Path(self.files[file]).name}/{index - int(self.group_start[np.searchsorted(self.group_file, file)])}"
 
     def image_bytes(self, index: int) -> bytes:
-        images, _, row = self._row(index)
-        return images[row] or b""
+        group, row = self._locate(index)
+        offsets, data, _, _ = self._group(group)
+        return data[int(offsets[row]) : int(offsets[row + 1])].to_pybytes()  # this image's bytes: one copy
 
-    def _row(self, index: int) -> tuple[list, list | None, int]:
-        """Row ``index``'s row group as Python lists (image bytes, stored paths; cached) and its row there.
+    def _locate(self, index: int) -> tuple[int, int]:
+        """Row ``index``'s row group and its row there."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"row {index} of {len(self)}")
+        group = int(np.searchsorted(self.group_start, index, side="right") - 1)
+        return group, index - int(self.group_start[group])
 
-        Raises:
-            OSError: the row group cannot be read (a damaged file).
+    def _group(self, group: int) -> tuple[np.ndarray, Any, int, list | None]:
+        """Row group ``group``'s images as Arrow holds them, and its stored paths, read once while it stays cached.
+
+        The images are their offsets and data buffer (no per-image Python objects); ``CACHE_BYTES`` of the last
+        groups read stay.
+        The struct's two leaves are read apart: pyarrow assembling ``image`` {bytes, path} whole took ~8x the time
+        of reading ``image.bytes`` alone (65 vs 8 ms for 100 sample JPEGs, pyarrow 26).
         """
         import pyarrow as pa
 
-        if not 0 <= index < len(self):
-            raise IndexError(f"row {index} of {len(self)}")
         if self._cache_pid != os.getpid():
-            self._cache, self._files, self._cache_pid = OrderedDict(), {}, os.getpid()
-        group = int(np.searchsorted(self.group_start, index, side="right") - 1)
+            self._cache, self._files, self._cache_pid, self._cached = OrderedDict(), {}, os.getpid(), 0
         if group in self._cache:
             self._cache.move_to_end(group)
-        else:
-            file = int(self.group_file[group])
-            local = group - int(np.searchsorted(self.group_file, file))
-            try:
-                self._cache[group] = self._read_group(file, local)
-            except (pa.ArrowException, OSError, ValueError) as error:  # damage, ArrowInvalid, bad UTF-8 paths
-                raise OSError(f"row group {local} is damaged ({_first_line(error)})") from None
-            if len(self._cache[group][0]) != self.group_start[group + 1] - self.group_start[group]:
-                del self._cache[group]
-                raise OSError(f"row group {local} holds another number of rows than its footer says")
-            while len(self._cache) > 1 and sum(c[2] for c in self._cache.values()) > CACHE_BYTES:
-                self._cache.popitem(last=False)
-        images, paths, _ = self._cache[group]
-        return images, paths, index - int(self.group_start[group])
+            return self._cache[group]
+        file = int(self.group_file[group])
+        if file not in self._files:  # opening parses the footer: kept open (one per file, a few KB each)
+            self._files[file] = self._open(file)
+        parquet, local = self._files[file], group - int(np.searchsorted(self.group_file, file))
+        try:
+            images = _leaf(parquet, local, self.image, "bytes" if self.struct_fields else None)
+            paths = _leaf(parquet, local, self.image, "path") if "path" in self.struct_fields else None
+            images = images.cast(pa.large_binary())  # [validity, int64 offsets, data]; a no-op when stored large
+            paths = paths.to_pylist() if paths else None
+        except (pa.ArrowException, OSError, ValueError) as error:  # damage, ArrowInvalid, bad UTF-8 paths
+            raise OSError(f"row group {local} is damaged ({_first_line(error)})") from None
+        if len(images) != self.group_start[group + 1] - self.group_start[group]:
+            raise OSError(f"row group {local} holds another number of rows than its footer says")
+        offsets = np.frombuffer(images.buffers()[1], dtype=np.int64)[images.offset : images.offset + len(images) + 1]
+        entry = (offsets, images.buffers()[2], int(offsets[-1] - offsets[0]), paths)
+        self._cache[group] = entry
+        self._cached += entry[2]
+        while len(self._cache) > 1 and self._cached > CACHE_BYTES:
+            self._cached -= self._cache.popitem(last=False)[1][2]
+        return entry
 
     def _open(self, file: int):
         """File number ``file`` as a pyarrow ``ParquetFile`` (from a bucket: over ranged GETs)."""
@@ -256,16 +281,20 @@ class ParquetRecords:
 
         return pq.ParquetFile(self.files[file] if self.store is None else self.store.open(self.files[file]))
 
-    def _read_group(self, file: int, local: int) -> tuple[list, list | None, int]:
-        """Row group ``local`` of file ``file``: (image bytes, stored paths or None, bytes held)."""
-        if file not in self._files:  # opening parses the footer: kept open (one per file, a few KB each)
-            self._files[file] = self._open(file)
-        column = self._files[file].read_row_group(local, columns=[self.image]).column(0).combine_chunks()
-        if hasattr(column.type, "get_field_index"):  # {bytes, path}
-            has_path = column.type.get_field_index("path") >= 0
-            paths = column.field("path").to_pylist() if has_path else None
-            return column.field("bytes").to_pylist(), paths, column.nbytes
-        return column.to_pylist(), None, column.nbytes
+
+def _leaf(parquet, group: int, column: str, field: str | None) -> Any:
+    """One array of row group ``group``: ``column``, or its struct field ``field`` alone."""
+    import pyarrow as pa
+
+    array = parquet.read_row_group(group, columns=[f"{column}.{field}" if field else column]).column(0)
+    array = array.chunks[0] if array.num_chunks == 1 else pa.concat_arrays(array.chunks)
+    return array.flatten()[0] if field else array  # flatten: the child as the parent's offset sees it
+
+
+def _is_struct(kind) -> bool:
+    import pyarrow as pa
+
+    return kind is not None and pa.types.is_struct(kind)
 
 
 @contextmanager

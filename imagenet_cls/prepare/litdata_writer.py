@@ -10,8 +10,9 @@
 
 Each item holds the file's original bytes (``image``, never re-encoded unless ``max_side`` is given), its class
 index (``label``), its path relative to SOURCE (``name``) and a CRC-32 of the three (``crc32``, checked on read).
-Kaggle's layout and flat ``<wnid>_*`` files are read where they are (``planned``); parquet, WebDataset and the ILSVRC2012 tars are streamed into the chunks by
-:mod:`~imagenet_cls.prepare.litdata_stream`. No source goes through class folders first.
+Kaggle's layout and flat ``<wnid>_*`` files are read where they are (``planned``); parquet,
+WebDataset and the ILSVRC2012 tars are streamed into the chunks by :mod:`~imagenet_cls.prepare.litdata_stream`. No
+source goes through class folders first.
 """
 
 from __future__ import annotations
