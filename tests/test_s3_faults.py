@@ -19,9 +19,9 @@ import torch
 from imagenet_cls.cli import ImageNetCLI, main
 from imagenet_cls.data.litdata_items import OptimizedSplit
 from imagenet_cls.data.retries import READ_ATTEMPTS
-from tests.conftest import FAST_TRAINER, TINY_MODEL, differing_tensors, fit_args, untrained_weights
+from tests.conftest import FAST_TRAINER, TINY_MODEL, differing_tensors, fit_args, untrained_weights, upload
 from tests.s3_faults import STALL_S, FaultProxy
-from tests.test_streaming import CLI, _fit, optimize, s3, upload  # noqa: F401 (s3: the moto fixture)
+from tests.test_streaming import CLI, _fit, optimize
 
 
 @pytest.fixture

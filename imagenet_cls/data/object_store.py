@@ -96,6 +96,15 @@ class ObjectStore:
 
                 options = dict(self.storage_options)
                 config = Config(**RETRY_CONFIG)
+                limits = {
+                    key: options.pop(key)
+                    for key in ("max_attempts", "read_timeout", "connect_timeout")
+                    if key in options
+                }
+                if limits:  # the retry limits an optimized dataset's reads take too (imagenet_cls.data.retries)
+                    attempts = limits.pop("max_attempts", None)
+                    retries = {**RETRY_CONFIG["retries"], "total_max_attempts": int(attempts)} if attempts else None
+                    config = config.merge(Config(**limits, **({"retries": retries} if retries else {})))
                 if isinstance(options.get("config"), dict):
                     config = config.merge(Config(**options.pop("config")))
                 try:

@@ -269,7 +269,7 @@ def _members(file, path: str):
     Raises:
         UserError: a header is damaged or a member runs past the end of the file (a truncated shard).
     """
-    offset, long_name, end = 0, None, os.fstat(file.fileno()).st_size
+    offset, long_name, end = 0, None, file.seek(0, os.SEEK_END)  # a local file or a bucket's ranged reader
     while True:
         file.seek(offset)
         header = file.read(512)
