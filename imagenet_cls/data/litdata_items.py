@@ -12,19 +12,18 @@ import hashlib
 import itertools
 import json
 import os
-import random
 import re
 import struct
 import tempfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from imagenet_cls.data.object_store import random_kept
 from imagenet_cls.data.retries import RetryPolicy, StorageError
 from imagenet_cls.errors import UserError
 
@@ -49,18 +48,6 @@ def remote_url(data_dir: str | Path) -> str | None:
     """``data_dir`` as an object-store URL (``s3://bucket/prefix``), or None for a local path."""
     match = _REMOTE.match(str(data_dir))
     return f"{match.group(1)}://{match.group(2).rstrip('/')}" if match else None
-
-
-@contextmanager
-def _python_random_kept() -> Iterator[None]:
-    # LitData's S3 client (credential refresh jitter) and botocore's retries draw from Python's global ``random``
-    # while they open and download: keep its state as it was, so augmentations (seeded per sample) and the
-    # training process never depend on I/O. LitData and botocore draw from no other global generator (a test says).
-    state = random.getstate()
-    try:
-        yield
-    finally:
-        random.setstate(state)
 
 
 def _quiet_litdata() -> None:
@@ -164,7 +151,7 @@ class OptimizedSplit:
             raise self._failed[index]
         if self._last is not None and self._last[0] == index:
             return self._last[1]
-        with _python_random_kept() if self.remote else nullcontext():
+        with random_kept() if self.remote else nullcontext():
             item = self._checked(index, self._fetch(int(index)))
         self._last = (index, item)
         return item
@@ -214,7 +201,7 @@ class OptimizedSplit:
         if self._pool is None or self._pool_pid != os.getpid():  # a forked worker has no threads of its parent's
             self._pool = ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix="imagenet_cls-read")
             self._pool_pid = os.getpid()
-        with _python_random_kept():
+        with random_kept():
             futures = {index: self._pool.submit(self._fetch, int(index)) for index in dict.fromkeys(indexes)}
             wait(futures.values(), timeout=timeout)
         self._batch, self._failed = {}, {}
@@ -260,7 +247,7 @@ class OptimizedSplit:
                 return dataset
 
             try:
-                with lock, _python_random_kept():
+                with lock, random_kept():
                     index_url = f"{self.url}/index.json"
                     self._reader = self.retry.call(open_index, index_url) if self.remote else open_index()
                 # A local split is read by us, two small reads per item: LitData memory-maps local chunks, and in

@@ -56,7 +56,12 @@ def split_url(url: str) -> tuple[str, str]:
 
 @contextmanager
 def random_kept() -> Iterator[None]:
-    """Keep Python's ``random`` state: botocore's retry backoff draws from it, augmentations must not see I/O."""
+    """Keep Python's ``random`` state across object-store I/O.
+
+    botocore's retry back-off and LitData's S3 client (credential refresh jitter) draw from Python's global
+    ``random`` while they open and download: keeping its state means augmentations (seeded per sample) and the
+    training process never depend on I/O. They draw from no other global generator (a test says).
+    """
     state = random.getstate()
     try:
         yield
