@@ -52,6 +52,19 @@ def test_backend_and_classes_of_each_source(sources):
     assert shards.records["val"].name(5) == "000005_n00000002_img_001.jpg"
 
 
+def test_parquet_reads_stay_right_with_one_file_open_at_a_time(sources, monkeypatch):
+    """Files beyond ``OPEN_FILES`` are closed (hundreds of files, several workers: no running out of descriptors)."""
+    import imagenet_cls.data.parquet as parquet_module
+
+    monkeypatch.setattr(parquet_module, "OPEN_FILES", 1)
+    monkeypatch.setattr(parquet_module, "CACHE_BYTES", 1)  # one row group cached: every other read opens its file
+    records = open_layout(sources["parquet"], (0.8, 0.1, 0.1), 0).records["train"]
+    expected = [Path(p).read_bytes() for p, _ in read_layout(sources["folders"]).splits["train"]]
+    order = [0, 35, 1, 34, 17, 18, 2, 33]  # back and forth between the two files
+    assert [records.image_bytes(i) for i in order] == [expected[i] for i in order]
+    assert len(records._files) == 1
+
+
 def test_imagenet_names_become_wordnet_ids(tmp_path, split_folders):
     from timm.data import ImageNetInfo
 

@@ -91,6 +91,11 @@ class ImageNetDataModule(LightningDataModule):
             ``connect_timeout`` (10 s) bound each read's tries.
         cache_dir: Where LitData keeps the index of a remote optimized dataset (images are fetched by byte range,
             not stored); default: LitData's (``~/.lightning/chunks``).
+        shuffle_window: Training from parquet row groups or WebDataset shards: each epoch shuffles the row groups
+            (shards), deals them to the DDP processes and shuffles each process's images in windows of this many,
+            so reads stay within a few groups and an image costs the same at any dataset size. Up to this many
+            images (about 110 MB of ImageNet JPEGs at 1024) are held per worker. 0, or a dataset no larger: one
+            random permutation of all images, as for folders (a parquet read then costs a row group per image).
     """
 
     def __init__(
@@ -114,6 +119,7 @@ class ImageNetDataModule(LightningDataModule):
         sample_timeout: float | None = 120.0,
         storage_options: dict[str, Any] | None = None,
         cache_dir: Path | None = None,
+        shuffle_window: int = 1024,
     ) -> None:
         # Long for its signature: each typed parameter is a --data.* option (jsonargparse).
         super().__init__()
@@ -138,10 +144,13 @@ class ImageNetDataModule(LightningDataModule):
         self.sample_timeout = sample_timeout
         self.storage_options = dict(storage_options or {})
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        if shuffle_window < 0:
+            raise UserError(f"--data.shuffle_window {shuffle_window} must be 0 (a full shuffle) or more images")
+        self.shuffle_window = shuffle_window
         self.datasets: dict[str, Any] = {}
         self.predict_root: Path | None = None
         self.order_seed: int | None = None  # the training order's seed, kept in checkpoints
-        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
+        self._resume_at: tuple[int, int, int | None] | None = None  # (epoch, batches done, window) of a checkpoint
         self.data_config: dict[str, Any] | None = None  # set_preprocessing
         self.train_input_size: tuple[int, int, int] | None = None
         self.label_map: list[int] | None = None  # data class index -> model class index (use_layout)
@@ -280,11 +289,18 @@ class ImageNetDataModule(LightningDataModule):
         dataset = self.datasets["train"]
         trainer = getattr(self, "trainer", None)
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(len(dataset), self.order_seed, num_replicas=world, rank=rank)
+        groups = dataset.groups() if hasattr(dataset, "groups") else None
+        window = self.shuffle_window
+        if self._resume_at is not None and self._resume_at[2] not in (None, window):
+            window = self._resume_at[2]  # a resumed run keeps its order: the window it was started with
+            log.warning(f"--data.shuffle_window: the checkpoint's {window} is kept, so the resumed run stays exact")
+        sampler = ResumableSampler(len(dataset), self.order_seed, world, rank, groups, window)
+        if sampler.groups is not None and rank == 0:
+            self._warn_if_sorted(dataset, sampler.groups, window)
         drop_last = len(dataset) > self.batch_size
         if self._resume_at is not None:
             # Lightning makes this loader's first iterator before it sets the epoch: set it here.
-            epoch, batches = self._resume_at
+            epoch, batches, _ = self._resume_at
             per_epoch = len(sampler) // self.batch_size if drop_last else math.ceil(len(sampler) / self.batch_size)
             if batches < per_epoch:  # a mid-epoch checkpoint: continue after the batches done
                 sampler.set_epoch(epoch)
@@ -294,18 +310,35 @@ class ImageNetDataModule(LightningDataModule):
             self._resume_at = None
         return self._loader(dataset, sampler=sampler, drop_last=drop_last)
 
+    def _warn_if_sorted(self, dataset, groups, window: int) -> None:
+        from imagenet_cls.data.sampling import classes_per_group
+
+        found, shuffled = classes_per_group(groups, dataset.records.labels)
+        if found < 0.5 * shuffled:
+            log.warning(
+                f"--data.data_dir {self.data_dir}: its row groups (shards) hold {found:.1f} classes each on average "
+                f"(shuffled rows would give {shuffled:.0f}): rows sorted by class make --data.shuffle_window "
+                f"{window}'s batches hold few classes; shuffle the rows once, or give --data.shuffle_window 0 "
+                "(a full shuffle: slower on parquet)"
+            )
+
     def state_dict(self) -> dict[str, Any]:
         """The training order's seed and how far into the current epoch training got (saved in checkpoints)."""
         trainer = getattr(self, "trainer", None)
         if trainer is None or self.order_seed is None:
             return {}
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"order_seed": self.order_seed, "epoch": trainer.current_epoch, "batches_done": progress.processed}
+        return {
+            "order_seed": self.order_seed,
+            "epoch": trainer.current_epoch,
+            "batches_done": progress.processed,
+            "shuffle_window": self.shuffle_window,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "order_seed" in state_dict:
             self.order_seed = state_dict["order_seed"]
-            self._resume_at = (state_dict["epoch"], state_dict["batches_done"])
+            self._resume_at = (state_dict["epoch"], state_dict["batches_done"], state_dict.get("shuffle_window"))
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in file order; under DDP each image goes to exactly one process (no padding)."""

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from imagenet_cls.data.object_store import ObjectStore
 
 _HUB_FILE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)-\d{5}-of-\d{5}\.parquet$")
+OPEN_FILES = 64  # parquet files kept open per process (ILSVRC/imagenet-1k's train split has hundreds)
 CACHE_BYTES = 256 * 2**20  # decoded row groups kept per process (datasets writes image rows 100 to a group)
 
 
@@ -197,7 +198,7 @@ class ParquetRecords:
         self.unlabelled = bool(len(self.labels)) and bool((self.labels == -1).all())
         self.struct_fields = [kind.field(i).name for i in range(kind.num_fields)] if _is_struct(kind) else []
         self._cache: OrderedDict[int, Any] = OrderedDict()
-        self._files: dict[int, Any] = {}  # open pyarrow ParquetFiles
+        self._files: OrderedDict[int, Any] = OrderedDict()  # open pyarrow ParquetFiles, the last OPEN_FILES used
         self._cache_pid, self._cached = 0, 0  # the process the cache belongs to, its bytes
 
     def __len__(self) -> int:
@@ -207,13 +208,16 @@ class ParquetRecords:
         return {
             **self.__dict__,
             "_cache": OrderedDict(),
-            "_files": {},
+            "_files": OrderedDict(),
             "_cache_pid": 0,
             "_cached": 0,
         }  # each worker its own
 
     def label(self, index: int) -> int:
         return int(self.labels[index])
+
+    def groups(self) -> np.ndarray:
+        return self.group_start
 
     def name(self, index: int) -> str:
         try:
@@ -250,25 +254,29 @@ class ParquetRecords:
         import pyarrow as pa
 
         if self._cache_pid != os.getpid():
-            self._cache, self._files, self._cache_pid, self._cached = OrderedDict(), {}, os.getpid(), 0
+            self._cache, self._files, self._cache_pid, self._cached = OrderedDict(), OrderedDict(), os.getpid(), 0
         if group in self._cache:
             self._cache.move_to_end(group)
             return self._cache[group]
         file = int(self.group_file[group])
-        if file not in self._files:  # opening parses the footer: kept open (one per file, a few KB each)
+        if file not in self._files:  # opening parses the footer: kept open (a few KB and a descriptor each)
+            if len(self._files) >= OPEN_FILES:
+                self._files.popitem(last=False)[1].close()
             self._files[file] = self._open(file)
+        self._files.move_to_end(file)
         parquet, local = self._files[file], group - int(np.searchsorted(self.group_file, file))
         try:
             images = _leaf(parquet, local, self.image, "bytes" if self.struct_fields else None)
             paths = _leaf(parquet, local, self.image, "path") if "path" in self.struct_fields else None
-            images = images.cast(pa.large_binary())  # [validity, int64 offsets, data]; a no-op when stored large
+            wide = pa.types.is_large_binary(images.type)  # int64 offsets, else int32: read as stored, no copy
             paths = paths.to_pylist() if paths else None
         except (pa.ArrowException, OSError, ValueError) as error:  # damage, ArrowInvalid, bad UTF-8 paths
             raise OSError(f"row group {local} is damaged ({_first_line(error)})") from None
         if len(images) != self.group_start[group + 1] - self.group_start[group]:
             raise OSError(f"row group {local} holds another number of rows than its footer says")
-        offsets = np.frombuffer(images.buffers()[1], dtype=np.int64)[images.offset : images.offset + len(images) + 1]
-        entry = (offsets, images.buffers()[2], int(offsets[-1] - offsets[0]), paths)
+        offsets = np.frombuffer(images.buffers()[1], dtype=np.int64 if wide else np.int32)
+        offsets = offsets[images.offset : images.offset + len(images) + 1]
+        entry = (offsets, images.buffers()[2], int(offsets[-1]) - int(offsets[0]), paths)
         self._cache[group] = entry
         self._cached += entry[2]
         while len(self._cache) > 1 and self._cached > CACHE_BYTES:

@@ -46,6 +46,10 @@ class Records(Protocol):
         """Record ``index``'s encoded image."""
         ...
 
+    def groups(self) -> Any:
+        """The first index of each group of records stored together (a row group, a shard), then ``len(self)``."""
+        ...
+
 
 @dataclass
 class RecordLayout(DatasetLayout):
@@ -113,6 +117,10 @@ class RecordDataset(ImageFileDataset):
 
     def describe(self, index: int) -> str:
         return f"{self.records.where}/{self.records.name(index)}"
+
+    def groups(self) -> Any:
+        """Where each group of records stored together starts (the training order reads them group by group)."""
+        return self.records.groups()
 
     def read(self, index: int) -> tuple[ImageFile, int]:
         label = self.records.label(index)

@@ -161,6 +161,10 @@ class TarRecords:
     def label(self, index: int) -> int:
         return int(self.labels[index])
 
+    def groups(self) -> np.ndarray:
+        starts = np.flatnonzero(np.diff(self.shard_of)) + 1
+        return np.concatenate([[0], starts, [len(self)]]).astype(np.int64) if len(self) else np.zeros(1, np.int64)
+
     def name(self, index: int) -> str:
         start = int(self.ends[index - 1]) if index else 0
         return self.names[start : int(self.ends[index])]
