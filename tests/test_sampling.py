@@ -100,3 +100,25 @@ def test_training_on_a_sorted_parquet_warns_with_the_fix(split_folders, tmp_path
         assert bool(messages) == warned, caplog.text
         if warned:
             assert "--data.shuffle_window 0" in messages[0] and str(data) in messages[0]
+
+
+def test_a_resumed_run_keeps_the_window_its_checkpoint_was_written_with(caplog):
+    from types import SimpleNamespace
+
+    from imagenet_cls.data.sampling import training_sampler
+
+    class Records:
+        records = SimpleNamespace(labels=np.random.default_rng(0).integers(0, 10, 1000))
+
+        def __len__(self) -> int:
+            return 1000
+
+        def groups(self) -> np.ndarray:
+            return GROUPS
+
+    dataset = Records()
+    sampler = training_sampler(dataset, 7, 1, 0, 10, 1024, (3, 5, 64), "--data.data_dir x")
+    assert sampler.window == 64 and "the checkpoint's 64 is kept" in caplog.text
+    uninterrupted = ResumableSampler(1000, 7, 1, 0, GROUPS, 64)
+    uninterrupted.set_epoch(3)
+    assert list(sampler) == list(uninterrupted)[50:]  # epoch 3 after its first 5 batches of 10

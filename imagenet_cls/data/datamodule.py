@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from functools import cached_property
 from pathlib import Path
@@ -91,11 +90,10 @@ class ImageNetDataModule(LightningDataModule):
             ``connect_timeout`` (10 s) bound each read's tries.
         cache_dir: Where LitData keeps the index of a remote optimized dataset (images are fetched by byte range,
             not stored); default: LitData's (``~/.lightning/chunks``).
-        shuffle_window: Training from parquet row groups or WebDataset shards: each epoch shuffles the row groups
-            (shards), deals them to the DDP processes and shuffles each process's images in windows of this many,
-            so reads stay within a few groups and an image costs the same at any dataset size. Up to this many
-            images (about 110 MB of ImageNet JPEGs at 1024) are held per worker. 0, or a dataset no larger: one
-            random permutation of all images, as for folders (a parquet read then costs a row group per image).
+        shuffle_window: Parquet or WebDataset training: each epoch deals the shuffled row groups (shards) to the
+            DDP processes and shuffles each one's images in windows of this many: reads stay within a few groups
+            (each worker holds a window: ~110 MB of ImageNet at 1024). 0, or a dataset no larger: one permutation
+            of all images, as for folders (on parquet a row group read per image).
     """
 
     def __init__(
@@ -282,45 +280,17 @@ class ImageNetDataModule(LightningDataModule):
         The order depends only on the seed and the epoch; a run resumed from a mid-epoch checkpoint continues with
         the batch after the last one done.
         """
-        from imagenet_cls.data.sampling import ResumableSampler
+        from imagenet_cls.data.sampling import training_sampler
 
         if self.order_seed is None:
             self.order_seed = torch.initial_seed() % 2**31  # seed_everything's seed
         dataset = self.datasets["train"]
         trainer = getattr(self, "trainer", None)
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        groups = dataset.groups() if hasattr(dataset, "groups") else None
-        window = self.shuffle_window
-        if self._resume_at is not None and self._resume_at[2] not in (None, window):
-            window = self._resume_at[2]  # a resumed run keeps its order: the window it was started with
-            log.warning(f"--data.shuffle_window: the checkpoint's {window} is kept, so the resumed run stays exact")
-        sampler = ResumableSampler(len(dataset), self.order_seed, world, rank, groups, window)
-        if sampler.groups is not None and rank == 0:
-            self._warn_if_sorted(dataset, sampler.groups, window)
-        drop_last = len(dataset) > self.batch_size
-        if self._resume_at is not None:
-            # Lightning makes this loader's first iterator before it sets the epoch: set it here.
-            epoch, batches, _ = self._resume_at
-            per_epoch = len(sampler) // self.batch_size if drop_last else math.ceil(len(sampler) / self.batch_size)
-            if batches < per_epoch:  # a mid-epoch checkpoint: continue after the batches done
-                sampler.set_epoch(epoch)
-                sampler.resume_at(epoch, batches * self.batch_size)
-            else:  # an end-of-epoch checkpoint: the next epoch
-                sampler.set_epoch(epoch + 1)
-            self._resume_at = None
-        return self._loader(dataset, sampler=sampler, drop_last=drop_last)
-
-    def _warn_if_sorted(self, dataset, groups, window: int) -> None:
-        from imagenet_cls.data.sampling import classes_per_group
-
-        found, shuffled = classes_per_group(groups, dataset.records.labels)
-        if found < 0.5 * shuffled:
-            log.warning(
-                f"--data.data_dir {self.data_dir}: its row groups (shards) hold {found:.1f} classes each on average "
-                f"(shuffled rows would give {shuffled:.0f}): rows sorted by class make --data.shuffle_window "
-                f"{window}'s batches hold few classes; shuffle the rows once, or give --data.shuffle_window 0 "
-                "(a full shuffle: slower on parquet)"
-            )
+        sampler = training_sampler(dataset, self.order_seed, world, rank, self.batch_size, self.shuffle_window,
+                                   self._resume_at, f"--data.data_dir {self.data_dir}")  # fmt: skip
+        self._resume_at = None
+        return self._loader(dataset, sampler=sampler, drop_last=len(dataset) > self.batch_size)
 
     def state_dict(self) -> dict[str, Any]:
         """The training order's seed and how far into the current epoch training got (saved in checkpoints)."""

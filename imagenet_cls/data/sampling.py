@@ -12,6 +12,8 @@ so reads stay within a few groups at a time and the cost per image does not grow
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +21,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
+
+log = logging.getLogger(__name__)
 
 
 class ResumableSampler(DistributedSampler):
@@ -70,6 +74,53 @@ class ResumableSampler(DistributedSampler):
         for position in range(first, len(indices)):
             index = indices[position]
             yield index, sample_seed(self.seed, self.epoch, index)
+
+
+def training_sampler(
+    dataset,
+    seed: int,
+    world: int,
+    rank: int,
+    batch_size: int,
+    window: int,
+    resume_at: tuple[int, int, int | None] | None,
+    where: str,
+) -> ResumableSampler:
+    """The training sampler of ``dataset``: grouped when it has groups (records), set to continue a resumed epoch.
+
+    Args:
+        dataset: The training dataset (a ``groups()`` method: records stored many to a file).
+        seed: The order's seed.
+        world: Processes (DDP world size).
+        rank: This process.
+        batch_size: Images per batch (to turn batches done into samples to skip).
+        window: ``--data.shuffle_window``.
+        resume_at: ``(epoch, batches done, the checkpoint's window or None)`` of a resumed run, else None.
+        where: The option and data, for a warning.
+    """
+    groups = dataset.groups() if hasattr(dataset, "groups") else None
+    if resume_at is not None and resume_at[2] not in (None, window):
+        window = resume_at[2]  # a resumed run keeps its order: the window it was started with
+        log.warning(f"--data.shuffle_window: the checkpoint's {window} is kept, so the resumed run stays exact")
+    sampler = ResumableSampler(len(dataset), seed, world, rank, groups, window)
+    if sampler.groups is not None and rank == 0:
+        found, shuffled = classes_per_group(sampler.groups, dataset.records.labels)
+        if found < 0.5 * shuffled:
+            log.warning(
+                f"{where}: its row groups (shards) hold {found:.1f} classes each on average (shuffled rows would "
+                f"give {shuffled:.0f}): rows sorted by class make --data.shuffle_window {window}'s batches hold few "
+                "classes; shuffle the rows once, or give --data.shuffle_window 0 (a full shuffle: slower on parquet)"
+            )
+    if resume_at is not None:  # Lightning makes the loader's first iterator before it sets the epoch: set it here
+        epoch, batches, _ = resume_at
+        drop_last = len(dataset) > batch_size
+        per_epoch = len(sampler) // batch_size if drop_last else math.ceil(len(sampler) / batch_size)
+        if batches < per_epoch:  # a mid-epoch checkpoint: continue after the batches done
+            sampler.set_epoch(epoch)
+            sampler.resume_at(epoch, batches * batch_size)
+        else:  # an end-of-epoch checkpoint: the next epoch
+            sampler.set_epoch(epoch + 1)
+    return sampler
 
 
 def grouped_order(groups: np.ndarray, seed: int, world: int, per_rank: int, window: int) -> list[np.ndarray]:
