@@ -70,7 +70,9 @@ def _validate(data: Path, checkpoint: Path, root: Path, devices: int) -> tuple[d
                   "--trainer.devices", str(devices), *strategy)  # fmt: skip
     metrics = {name: _metric(result.stdout, name) for name in ("val_acc", "val_acc5", "val_loss", "val_images")}
     (report,) = root.rglob("report/val")
-    return metrics, json.loads((report / "summary.json").read_text()), (report / "per_class.csv").read_text()
+    summary = json.loads((report / "summary.json").read_text())
+    summary["gallery"] = (report / "misclassified.jpg").read_bytes()  # the mistakes, each found by its index
+    return metrics, summary, (report / "per_class.csv").read_text()
 
 
 def test_evaluation_over_2_and_3_processes_equals_one_process(thirteen, tmp_path):
@@ -85,6 +87,7 @@ def test_evaluation_over_2_and_3_processes_equals_one_process(thirteen, tmp_path
         assert ddp_metrics["val_acc"] == metrics["val_acc"] and ddp_metrics["val_acc5"] == metrics["val_acc5"]
         assert (ddp_summary["top1"], ddp_summary["top5"]) == (summary["top1"], summary["top5"])
         assert ddp_per_class == per_class
+        assert ddp_summary["gallery"] == summary["gallery"]  # the same images: each process's indices mapped right
 
 
 def _children(pid: int) -> list[int]:

@@ -96,6 +96,7 @@ def test_loaders_over_2_and_3_gloo_processes_give_each_record_once(tmp_path, sou
         val = [item for _, rank_val, _ in seen[world] for item in rank_val]
         assert sorted(val) == sorted(single_val)  # each validation image once, the same pixels and labels
         assert [len(rank_val) for _, rank_val, _ in seen[world]] == [len(range(r, 13, world)) for r in range(world)]
+        assert [item for _, rank_val, _ in seen[world] for item in rank_val] == single_val  # contiguous shares
         train = [name for _, _, names in seen[world] for name in names]
         assert set(train) == set(single_train)  # every training record in the epoch, padded to equal shares only
         assert len(train) == -(-21 // world) * world

@@ -27,6 +27,7 @@ from imagenet_cls.callbacks.report_metrics import (  # noqa: F401 (old import pa
     per_class_rows,
     precision_recall_f1,
 )
+from imagenet_cls.data.loaders import evaluation_share
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,10 @@ class EvaluationReport(Callback):
         skipped = set(batch.skipped)
         count = len(targets) + len(skipped)
         dataset = trainer.datamodule.datasets[split]
-        # Evaluation loaders are not shuffled: position p of rank r is sample (r + p * world) of the split
+        # Evaluation loaders are not shuffled: position p of rank r is sample p of r's contiguous share of the split
         # (the data module's EvalSampler, which never repeats a sample; one process: p).
-        positions = torch.arange(tally.position, tally.position + count)
-        indices = trainer.global_rank + positions * trainer.world_size
+        share = evaluation_share(len(dataset), trainer.world_size, trainer.global_rank)
+        indices = torch.tensor(share[tally.position : tally.position + count], dtype=torch.long)
         tally.position += count
         if skipped:
             keep = [i for i in indices.tolist() if dataset.describe(i) not in skipped]

@@ -16,12 +16,13 @@ from imagenet_cls.errors import UserError
 
 
 class EvalSampler(DistributedSampler):
-    """Sample ``rank, rank + world, rank + 2 * world, ...`` of a dataset, in order, without padding.
+    """A contiguous share of a dataset for each process, in order, without padding (:func:`evaluation_share`).
 
     Lightning's own DistributedSampler repeats samples until every process has as many; those repeats would enter
     the metrics, ``val_images`` and the evaluation report. Here every sample goes to exactly one process, and the
-    processes may run one batch more or less than each other (evaluation has no per-batch collective).
-    A DistributedSampler, so Lightning does not replace it under DDP.
+    processes may run one batch more or less than each other (evaluation has no per-batch collective). Contiguous
+    shares keep each process inside its own parquet row groups and WebDataset shards (a strided share would make
+    every process read every group). A DistributedSampler, so Lightning does not replace it under DDP.
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0) -> None:
@@ -33,11 +34,19 @@ class EvalSampler(DistributedSampler):
                 f"{size} evaluation images for {num_replicas} processes: every process needs at least one; "
                 "use fewer --trainer.devices (or --trainer.num_nodes) for this evaluation"
             )
-        self.num_samples = len(range(rank, size, num_replicas))
+        self.share = evaluation_share(size, num_replicas, rank)
+        self.num_samples = len(self.share)
         self.total_size = size
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.total_size, self.num_replicas))
+        return iter(self.share)
+
+
+def evaluation_share(size: int, world: int, rank: int) -> range:
+    """The samples process ``rank`` of ``world`` evaluates: a contiguous run, the first ``size % world`` one longer."""
+    base, extra = divmod(size, world)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (rank < extra))
 
 
 class BoundedDataLoader(DataLoader):
