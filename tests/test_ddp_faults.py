@@ -52,7 +52,32 @@ def test_kill_9_of_one_rank_ends_every_other_rank_with_one_line_naming_it(class_
     assert code != 0 and seconds < 60
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert errors and all(re.search(rf"lost rank 1 \(pid {rank1}\) exited", line) for line in errors), stderr[-3000:]
+    assert not any(re.search(r"rank [02] \(pid", line) for line in errors), stderr[-3000:]  # only the killed one
     assert "Traceback" not in stderr, stderr[-3000:]
+
+
+def test_a_peer_that_ended_itself_after_the_fault_is_not_named_with_the_killed_one():
+    """Rank 0 noticing late: rank 1 was killed (a signal), rank 2 then exited on its own (a code): only 1 is named."""
+    import socket
+    from types import SimpleNamespace
+
+    from imagenet_cls.callbacks.peers import PeerWatch
+
+    killed, ended = subprocess.Popen(["sleep", "60"]), subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    killed.kill()
+    killed.wait(), ended.wait()
+    launcher = SimpleNamespace(procs=[killed, ended], kill=lambda signum: None)
+    trainer = SimpleNamespace(global_rank=0, strategy=SimpleNamespace(launcher=launcher))
+    watch = PeerWatch()
+    host = socket.gethostname()
+    watch.peers = [(host, os.getpid()), (host, killed.pid), (host, ended.pid)]
+    line = watch.explain(RuntimeError("Connection closed by peer"), trainer)
+    assert f"lost rank 1 (pid {killed.pid}) exited" in line and "rank 2" not in line, line
+    watch.peers = [(host, os.getpid()), (host, ended.pid)]  # only the one that crashed with a code: it is named
+    watch.explanation = None
+    assert f"lost rank 1 (pid {ended.pid}) exited with code 1" in watch.explain(
+        RuntimeError("Connection closed by peer"), trainer
+    )
 
 
 def test_a_stopped_rank_ends_the_run_after_the_collective_timeout(class_folders, tmp_path):

@@ -62,7 +62,7 @@ class PeerWatch(Callback):
         # A killed process closes its sockets before /proc shows it exited: look again for a moment.
         deadline = time.monotonic() + SETTLE_SECONDS
         while True:
-            lost, unknown = [], []
+            lost, ended, unknown, codes = [], [], [], _exit_codes(trainer)
             for rank, (host, pid) in enumerate(self.peers):
                 if rank == me:
                     continue
@@ -70,11 +70,14 @@ class PeerWatch(Callback):
                     unknown.append(f"{rank} ({host})")
                     continue
                 state = process_state(pid)
-                if state != "running":
+                if state != "running" and codes.get(pid, -1) >= 0:  # it ended itself: after the fault, or crashed
+                    ended.append(f"rank {rank} (pid {pid}) exited with code {codes[pid]}")
+                elif state != "running":
                     lost.append(f"rank {rank} (pid {pid}) {state}")
             if lost or time.monotonic() > deadline or len(unknown) == len(self.peers) - 1:
                 break
             time.sleep(0.05)
+        lost = lost or ended  # killed peers are the cause; else the one that crashed
         first = str(error).strip().splitlines()[0].split(". This is")[0][:160] if str(error).strip() else "no message"
         if lost:
             who = "; ".join(lost)
@@ -104,6 +107,15 @@ def process_state(pid: int) -> str:
     if state in ("T", "t"):
         return "stopped (SIGSTOP or a debugger)"
     return "running"
+
+
+def _exit_codes(trainer: Trainer) -> dict[int, int]:
+    """``{pid: exit code}`` of the processes Lightning's launcher started that ended (negative: by a signal).
+
+    A peer that ended with a code stopped on its own after seeing the fault; the one killed ended by a signal.
+    """
+    procs = getattr(getattr(trainer.strategy, "launcher", None), "procs", None) or []
+    return {proc.pid: proc.returncode for proc in procs if proc.poll() is not None}
 
 
 def _end_started_processes(trainer: Trainer) -> None:
