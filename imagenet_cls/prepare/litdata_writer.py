@@ -6,7 +6,7 @@
 
     DEST/dataset.json               format, classes (index order), images per split, re-encoding options
     DEST/folder_num_class_map.txt   the class names
-    DEST/<split>/index.json         LitData's index, and its chunk-*.bin files
+    DEST/<split>/index.json         LitData's index, and its chunk-*.bin files (written in DEST/.<split>.partial)
 
 Each item holds the file's original bytes (``image``, never re-encoded unless ``max_side`` is given), its class
 index (``label``), its path relative to SOURCE (``name``) and a CRC-32 of the three (``crc32``, checked on read).
