@@ -47,6 +47,8 @@ def run_in_own_session(fn: Callable[[], Any]) -> None:
         return
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main else None  # before fork: no window
+    sys.stdout.flush()  # or the child would write what this process buffered a second time
+    sys.stderr.flush()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:

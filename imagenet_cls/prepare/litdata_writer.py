@@ -93,14 +93,13 @@ def write_litdata(
     done: dict[str, int] = {}
     written: dict[str, int] = {}
     for name, count in sizes.items():
-        out, partial = dest / name, dest / f".{name}.partial"
+        out = dest / name
         if reused and previous["splits"].get(name) == count and _indexed_images(out) == count:
             print(f"{name}: {out} already optimized ({count} images), kept", file=sys.stderr)
             done[name] = count
             continue
-        for stale in (out, partial):  # an outdated split, an interrupted one's partial folder: written again
-            if stale.exists():
-                shutil.rmtree(stale)
+        if out.exists():  # an outdated split: written again from its start
+            shutil.rmtree(out)
         inputs = [(path, label, os.path.relpath(path, source)) for path, label in layout.splits[name]]
         _optimize_split(inputs, out, max_side, quality, num_workers, progress, chunk_size)
         done[name] = written[name] = count
@@ -131,19 +130,19 @@ def _optimize_split(
     workers = max(1, min(num_workers or os.cpu_count() or 1, len(inputs)))
     print(f"{out.name}: {len(inputs)} images -> {out} ({workers} workers)", file=sys.stderr)
     into = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(into, ignore_errors=True)  # an interrupted run's: never trusted
     try:
         run_in_own_session(partial(_optimize_batches, inputs, into, max_side, quality, workers, progress, chunk_size))
         if (indexed := _indexed_images(into)) != len(inputs):  # a worker killed by a signal: LitData returns
             raise RuntimeError(f"LitData indexed {indexed or 0} of {len(inputs)} images (a worker process died)")
-    except (OSError, RuntimeError) as error:
+    except BaseException as error:
         shutil.rmtree(into, ignore_errors=True)
+        if isinstance(error, UserError) or not isinstance(error, (OSError, RuntimeError)):
+            raise
         if isinstance(error, OSError) and not error.filename:
             error.filename = str(out)
         message = f"optimizing {out.name} into {out} failed ({one_line(error)}); nothing was written under {out}"
         raise disk_full(error) or UserError(f"{message}: run again") from None
-    except BaseException:
-        shutil.rmtree(into, ignore_errors=True)
-        raise
     os.replace(into, out)
 
 
