@@ -6,6 +6,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,9 +93,59 @@ def test_prepare_on_a_full_disk_is_one_line_and_leaves_only_whole_files(class_fo
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=subprocess.TimeoutExpired, reason="LitData 0.2.76's optimize waits forever "
-                   "for a worker that failed to write a chunk (known defect, not fixed here)")  # fmt: skip
 def test_optimize_on_a_full_disk_is_one_line(class_folders, tmp_path):
-    args = [sys.executable, "-m", "imagenet_cls.prepare", str(class_folders), str(tmp_path / "dest"), "--no-progress",
-            "--format", "litdata"]  # fmt: skip
+    dest = tmp_path / "dest"
+    args = [sys.executable, "-m", "imagenet_cls.prepare", str(class_folders), str(dest), "--no-progress", "--format",
+            "litdata"]  # fmt: skip
+    # Before the fix LitData's orphaned workers kept stderr open: subprocess.run waited past its timeout.
     _one_line_error(_limited(args, 600, tmp_path, timeout=60))
+    assert sorted(path.name for path in dest.iterdir()) == []  # no split, whole or partial, and no dataset.json
+    assert not _processes_running(str(dest))
+
+
+def _processes_running(argument: str) -> list[str]:
+    """The command lines of this machine's processes that were given ``argument``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile
+            continue
+        if argument.encode() in args:
+            found.append(b" ".join(args).decode(errors="replace"))
+    return found
+
+
+def test_a_child_in_its_own_session_returns_a_full_disk_and_leaves_no_process(tmp_path):
+    import errno
+
+    from imagenet_cls.errors import UserError, disk_full
+    from imagenet_cls.prepare.isolated import run_in_own_session
+
+    pid_file = tmp_path / "sleeper.pid"
+
+    def fails_after_starting_a_process() -> None:
+        sleeper = subprocess.Popen(["sleep", "60"])
+        pid_file.write_text(str(sleeper.pid))
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG), str(tmp_path / "chunk-0-0.bin"))
+
+    with pytest.raises(OSError) as raised:
+        run_in_own_session(fails_after_starting_a_process)
+    error = disk_full(raised.value)
+    assert isinstance(error, UserError) and raised.value.errno == errno.EFBIG
+    assert f"File too large writing {tmp_path / 'chunk-0-0.bin'}: free space" in str(error)
+    assert _ends_within(int(pid_file.read_text()), 5)  # killed with the child's group
+
+
+def _ends_within(pid: int, seconds: float) -> bool:
+    """Whether process ``pid`` is gone or a zombie (killed, not yet reaped) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in "ZX":
+            return True
+        time.sleep(0.05)
+    return False

@@ -96,6 +96,36 @@ def test_optimize_keeps_bytes_labels_names_and_classes(class_folders, tmp_path, 
     assert len(items(dest / "train")) == 24
 
 
+def test_optimize_with_a_worker_killed_is_one_line_and_keeps_the_finished_split(class_folders, tmp_path, capsys,
+                                                                                 monkeypatch):  # fmt: skip
+    import signal
+
+    import imagenet_cls.prepare.litdata_writer as writer
+
+    first_val = read_layout(class_folders).splits["val"][0][0]
+    encode = writer.encode_sample
+
+    def killed_in_val(item, **kwargs):  # as the out-of-memory killer would: LitData itself returns as if done
+        if item[0] == first_val:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return encode(item, **kwargs)
+
+    monkeypatch.setattr(writer, "encode_sample", killed_in_val)
+    dest = tmp_path / "optimized"
+    capsys.readouterr()
+    assert prepare_main([str(class_folders), str(dest), "--format", "litdata", "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: optimizing val into {dest / 'val'} failed (LitData indexed ") and (
+        "a worker process died" in error
+    )
+    assert sorted(path.name for path in dest.iterdir()) == ["dataset.json", "train"]  # no val, no .val.partial
+    assert json.loads((dest / "dataset.json").read_text())["splits"] == {"train": 24}
+    monkeypatch.setattr(writer, "encode_sample", encode)
+    optimize(class_folders, dest)
+    assert capsys.readouterr().err.count("already optimized") == 1  # train kept; val and test written
+    assert [len(items(dest / split)) for split in ("train", "val", "test")] == [24, 3, 3]
+
+
 def test_max_side_reencodes_only_larger_images(tmp_path):
     source = tmp_path / "src"
     big = write_image(source / "train" / "n00000001" / "big.jpg", (200, 30, 30), size=(120, 80))

@@ -9,7 +9,6 @@ name}`` with the stored bytes (re-encoded only above ``max_side``, in threads) a
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -24,11 +23,11 @@ from imagenet_cls.errors import UserError
 from imagenet_cls.prepare.litdata_writer import (
     CHUNK_BYTES,
     DATASET_FILE,
-    FORMAT,
     _indexed_images,
     _read_json,
     item_offsets_kept,
     shrink,
+    write_manifest,
 )
 from imagenet_cls.prepare.streamed import Image, StreamedSource
 
@@ -88,11 +87,11 @@ def write_litdata_stream(
             shutil.rmtree(out)
             continue
         sizes[name] = written[name] = count
-        _write_manifest(dest, source.classes, sizes, options)
+        write_manifest(dest, source.classes, sizes, options)
     if not sizes:
         raise UserError(f"{source.kind} source has no labelled split to optimize: predict on it instead")
     write_class_map(dest / "folder_num_class_map.txt", source.classes, source.names)
-    _write_manifest(dest, source.classes, sizes, options)
+    write_manifest(dest, source.classes, sizes, options)
     return {"classes": len(source.classes), "splits": sizes, "written": written, "kind": source.kind}
 
 
@@ -129,10 +128,3 @@ def _shrunk(images: Iterator[Image], max_side: int | None, quality: int) -> Iter
             smaller = pool.map(lambda image: shrink(image[0], max_side, quality), batch)
             for (data, label, name), small in zip(batch, smaller, strict=True):
                 yield small or data, label, name
-
-
-def _write_manifest(dest: Path, classes: list[str], sizes: dict[str, int], options: dict) -> None:
-    manifest = {"format": FORMAT, "classes": classes, "splits": sizes, "options": options}
-    partial = dest / (DATASET_FILE + ".partial")
-    partial.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    os.replace(partial, dest / DATASET_FILE)

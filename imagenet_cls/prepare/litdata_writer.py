@@ -6,7 +6,7 @@
 
     DEST/dataset.json               format, classes (index order), images per split, re-encoding options
     DEST/folder_num_class_map.txt   the class names
-    DEST/<split>/index.json         LitData's index, and its chunk-*.bin files
+    DEST/<split>/index.json         LitData's index, and its chunk-*.bin files (written in DEST/.<split>.partial)
 
 Each item holds the file's original bytes (``image``, never re-encoded unless ``max_side`` is given), its class
 index (``label``), its path relative to SOURCE (``name``) and a CRC-32 of the three (``crc32``, checked on read).
@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imagenet_cls.data.litdata_items import item_checksum
-from imagenet_cls.errors import UserError
+from imagenet_cls.errors import UserError, disk_full, one_line
 
 if TYPE_CHECKING:
     from imagenet_cls.data.layout import DatasetLayout
@@ -89,21 +90,23 @@ def write_litdata(
     previous = _read_json(dest / DATASET_FILE)
     sizes = {name: len(samples) for name, samples in layout.splits.items() if samples}
     reused = previous is not None and previous.get("classes") == layout.classes and previous.get("options") == options
+    done: dict[str, int] = {}
     written: dict[str, int] = {}
     for name, count in sizes.items():
         out = dest / name
         if reused and previous["splits"].get(name) == count and _indexed_images(out) == count:
             print(f"{name}: {out} already optimized ({count} images), kept", file=sys.stderr)
+            done[name] = count
             continue
-        if out.exists():  # an interrupted or outdated split: written again from its start
+        if out.exists():  # an outdated split: written again from its start
             shutil.rmtree(out)
         inputs = [(path, label, os.path.relpath(path, source)) for path, label in layout.splits[name]]
         _optimize_split(inputs, out, max_side, quality, num_workers, progress, chunk_size)
-        written[name] = count
+        done[name] = written[name] = count
+        write_manifest(dest, layout.classes, done, options)  # a rerun keeps this split
     write_class_map(dest / "folder_num_class_map.txt", layout.classes, dict(zip(layout.classes,
                     class_names(layout.classes, None, source))))  # fmt: skip
-    manifest = {"format": FORMAT, "classes": layout.classes, "splits": sizes, "options": options}
-    (dest / DATASET_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    write_manifest(dest, layout.classes, sizes, options)
     return {"classes": len(layout.classes), "splits": sizes, "written": written, "kind": layout.kind}
 
 
@@ -116,13 +119,31 @@ def _optimize_split(
     progress: bool,
     chunk_size: int | None = None,
 ) -> None:
+    """Optimize ``inputs`` into ``out``: written into ``.<split>.partial`` beside it, renamed to ``out`` when whole.
+
+    LitData runs in a child process in its own session (:mod:`~imagenet_cls.prepare.isolated`): no worker it leaves
+    behind outlives the split. A full disk is one line; any other failure one line naming the split and ``out``.
+    """
+    from imagenet_cls.prepare.isolated import run_in_own_session
+
     os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")  # no PyPI request from LitData
     workers = max(1, min(num_workers or os.cpu_count() or 1, len(inputs)))
     print(f"{out.name}: {len(inputs)} images -> {out} ({workers} workers)", file=sys.stderr)
-    # In batches, appended in order: LitData 0.2.76's ordered mode hands each worker its items by popping the front
-    # of a list, which costs the list's length per item (1.2M images: two thirds of the time went there).
-    with item_offsets_kept():
-        _optimize_batches(inputs, out, max_side, quality, workers, progress, chunk_size)
+    into = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(into, ignore_errors=True)  # an interrupted run's: never trusted
+    try:
+        run_in_own_session(partial(_optimize_batches, inputs, into, max_side, quality, workers, progress, chunk_size))
+        if (indexed := _indexed_images(into)) != len(inputs):  # a worker killed by a signal: LitData returns
+            raise RuntimeError(f"LitData indexed {indexed or 0} of {len(inputs)} images (a worker process died)")
+    except BaseException as error:
+        shutil.rmtree(into, ignore_errors=True)
+        if isinstance(error, UserError) or not isinstance(error, (OSError, RuntimeError)):
+            raise
+        if isinstance(error, OSError) and not error.filename:
+            error.filename = str(out)
+        message = f"optimizing {out.name} into {out} failed ({one_line(error)}); nothing was written under {out}"
+        raise disk_full(error) or UserError(f"{message}: run again") from None
+    os.replace(into, out)
 
 
 def _optimize_batches(
@@ -136,23 +157,39 @@ def _optimize_batches(
 ) -> None:
     from litdata import optimize
 
-    for start in range(0, len(inputs), ITEMS_PER_CALL):
-        batch = inputs[start : start + ITEMS_PER_CALL]
-        if len(inputs) > ITEMS_PER_CALL:
-            print(f"{out.name}: images {start + 1}-{start + len(batch)} of {len(inputs)}", file=sys.stderr)
-        optimize(
-            fn=partial(encode_sample, max_side=max_side, quality=quality),
-            inputs=batch,
-            output_dir=str(out.resolve()),
-            chunk_bytes=None if chunk_size else CHUNK_BYTES,
-            chunk_size=chunk_size,
-            num_workers=max(1, min(workers, len(batch))),
-            reorder_files=False,  # item i of the index is sample i of the folder layout
-            keep_data_ordered=True,
-            mode="append" if start else None,
-            start_method="fork" if sys.platform == "linux" else None,
-            verbose=progress,
-        )
+    # In batches, appended in order: LitData 0.2.76's ordered mode hands each worker its items by popping the front
+    # of a list, which costs the list's length per item (1.2M images: two thirds of the time went there).
+    with item_offsets_kept():
+        for start in range(0, len(inputs), ITEMS_PER_CALL):
+            batch = inputs[start : start + ITEMS_PER_CALL]
+            if len(inputs) > ITEMS_PER_CALL:
+                print(f"{out.name}: images {start + 1}-{start + len(batch)} of {len(inputs)}", file=sys.stderr)
+            try:
+                optimize(
+                    fn=partial(encode_sample, max_side=max_side, quality=quality),
+                    inputs=batch,
+                    output_dir=str(out.resolve()),
+                    chunk_bytes=None if chunk_size else CHUNK_BYTES,
+                    chunk_size=chunk_size,
+                    num_workers=max(1, min(workers, len(batch))),
+                    reorder_files=False,  # item i of the index is sample i of the folder layout
+                    keep_data_ordered=True,
+                    mode="append" if start else None,
+                    start_method="fork" if sys.platform == "linux" else None,
+                    verbose=progress,
+                )
+            except RuntimeError as error:  # LitData's "We found the following error <a worker's traceback>."
+                raise _worker_error(error) from None
+
+
+def _worker_error(error: RuntimeError) -> Exception:
+    """The error a LitData worker died of, from the traceback text ``optimize`` raises; an OSError keeps its errno."""
+    raised = [line for line in str(error).splitlines() if re.match(r"[\w.]+: ", line)]  # not the indented frames
+    if "Traceback (most recent call last)" not in str(error) or not raised:
+        return error
+    if found := re.match(r"[\w.]*Error: \[Errno (\d+)\] ([^:]+)(?:: '(.*)')?$", raised[-1]):
+        return OSError(int(found[1]), found[2], found[3])
+    return RuntimeError(raised[-1])
 
 
 def encode_sample(item: tuple[str, int, str], max_side: int | None = None, quality: int = 90) -> dict[str, Any]:
@@ -232,6 +269,14 @@ def _indexed_images(split: Path) -> int | None:
         return sum(int(chunk["chunk_size"]) for chunk in index["chunks"])
     except (TypeError, KeyError, ValueError):
         return None
+
+
+def write_manifest(dest: Path, classes: list[str], sizes: dict[str, int], options: dict) -> None:
+    """Write ``dest/dataset.json`` (the finished splits, their classes and options) whole, or not at all."""
+    manifest = {"format": FORMAT, "classes": classes, "splits": sizes, "options": options}
+    written = dest / (DATASET_FILE + ".partial")
+    written.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    os.replace(written, dest / DATASET_FILE)
 
 
 def _read_json(path: Path) -> dict | None:
