@@ -103,6 +103,21 @@ def test_optimize_on_a_full_disk_is_one_line(class_folders, tmp_path):
     assert not _processes_running(str(dest))
 
 
+def test_one_pass_optimize_from_parquet_on_a_full_disk_leaves_no_split(split_folders, tmp_path):
+    """The streamed writer (parquet, WebDataset, ILSVRC tars to ``--format litdata``) writes into a partial folder."""
+    pytest.importorskip("datasets")
+    from imagenet_cls.data.layout import read_layout
+    from tests.record_sources import write_parquet_snapshot
+
+    snapshot = write_parquet_snapshot(read_layout(split_folders).splits, ["red", "green", "blue"], tmp_path / "pq")
+    dest = tmp_path / "dest"
+    args = [sys.executable, "-m", "imagenet_cls.prepare", str(snapshot), str(dest), "--no-progress", "--format",
+            "litdata"]  # fmt: skip
+    line = _one_line_error(_limited(args, 5_000, tmp_path))  # the 36 training images need more
+    assert f"writing {dest}/" in line, line
+    assert not [path.name for path in dest.iterdir() if path.is_dir()]  # no split, whole or partial
+
+
 def _processes_running(argument: str) -> list[str]:
     """The command lines of this machine's processes that were given ``argument``."""
     found = []

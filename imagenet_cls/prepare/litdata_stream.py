@@ -78,14 +78,23 @@ def write_litdata_stream(
             print(f"{name}: {out} already optimized ({done} images), kept", file=sys.stderr)
             sizes[name] = done
             continue
-        if out.exists():  # an interrupted or outdated split: written again from its start
+        if out.exists():  # an outdated split: written again from its start
             shutil.rmtree(out)
         print(f"{name}: {source.kind} -> {out}", file=sys.stderr)
         images = with_progress(source.read(name), f"{name} images", progress)
-        count = _write_split(images, out, max_side, quality, chunk_size)
+        into = out.with_name(f".{name}.partial")  # renamed to ``out`` when whole: a final name is never half-written
+        shutil.rmtree(into, ignore_errors=True)  # an interrupted run's: never trusted
+        try:
+            count = _write_split(images, into, max_side, quality, chunk_size)
+        except BaseException as error:
+            shutil.rmtree(into, ignore_errors=True)
+            if isinstance(error, OSError) and not error.filename:
+                error.filename = str(out)
+            raise
         if not count:
-            shutil.rmtree(out)
+            shutil.rmtree(into)
             continue
+        os.replace(into, out)
         sizes[name] = written[name] = count
         write_manifest(dest, source.classes, sizes, options)
     if not sizes:
