@@ -6,9 +6,10 @@ A sample is the consecutive members sharing a key (``<key>.jpg`` + ``<key>.cls``
 ``.jpeg``, ``.png`` or ``.webp``; its label the integer in ``.cls``, else ``label``/``cls`` in ``.json``.
 
 Indexing walks each shard's 512-byte headers (seeking over the image data; the small label members are read), so
-setting up touches ~1 KB per sample. The index keeps, per sample, its shard, offset, size, label and name in a few
-NumPy arrays (~30 bytes a sample). The ``webdataset`` package reads shards as a stream: it has no random access, so
-it could not serve the samplers the other sources share (per-sample seeds, DDP sharding, exact resume).
+setting up touches ~1 KB per sample (in a bucket, once: :mod:`~imagenet_cls.data.wds_index` keeps each shard's index
+on disk). The index keeps, per sample, its shard, offset, size, label and name in a few NumPy arrays (~30 bytes a
+sample). The ``webdataset`` package reads shards as a stream: it has no random access, so it could not serve the
+samplers the other sources share (per-sample seeds, DDP sharding, exact resume).
 """
 
 from __future__ import annotations
