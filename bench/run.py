@@ -20,6 +20,7 @@ BENCHMARKS = [
     "bench.finetune",
     "bench.streaming",
     "bench.records",
+    "bench.wds_index",
     "bench.serve",
 ]
 NEEDS_SAMPLE = {"bench.pipeline", "bench.predict", "bench.pretrained", "bench.serve", "bench.records"}

@@ -228,7 +228,9 @@ class ImageNetCLI(SubcommandArgumentsCLI):
                     names = [override.get(folder, name) for folder, name in zip(known, names)]
                 model.classes, model.class_names = list(known), names
             return None
-        layout = scan_data_dir(data.data_dir, data.split, data.split_seed, data.get("storage_options"))
+        layout = scan_data_dir(
+            data.data_dir, data.split, data.split_seed, data.get("storage_options"), data.get("cache_dir")
+        )
         if known and list(known) != layout.classes:
             unknown = [folder for folder in layout.classes if folder not in set(known)]
             if subcommand == "fit" or unknown:

@@ -91,8 +91,9 @@ def open_layout(
     split: tuple[float, float, float],
     split_seed: int,
     storage_options: dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> DatasetLayout:
-    """The classes and per-split samples of ``data_dir``, whatever its backend."""
+    """The classes and per-split samples of ``data_dir``, whatever its backend (``cache_dir``: see the datamodule)."""
     from imagenet_cls.data.parquet import read_parquet_layout
     from imagenet_cls.data.streaming import read_optimized_layout
     from imagenet_cls.data.wds import read_wds_layout
@@ -101,7 +102,7 @@ def open_layout(
     if backend == "optimized":
         return read_optimized_layout(data_dir, storage_options)
     if backend == "webdataset":
-        return read_wds_layout(data_dir, files, store)
+        return read_wds_layout(data_dir, files, store, cache_dir)
     if backend == "parquet":
         return read_parquet_layout(data_dir, files, store)
     return read_layout(Path(data_dir), tuple(split), split_seed)
@@ -121,7 +122,7 @@ def open_predict_split(spec: str, storage_options: dict[str, Any] | None = None,
     option = "--data.predict_path"
     refuse_hub(spec, option)
     if s3_url(spec) is not None:
-        found = _bucket_predict_source(s3_url(spec), storage_options, option)
+        found = _bucket_predict_source(s3_url(spec), storage_options, option, cache_dir)
         if found is None:  # an optimized dataset or split, or nothing there: LitData's reader says which
             return optimized_split(spec, storage_options, cache_dir)
         layout, candidate, split = found
@@ -149,7 +150,7 @@ def open_predict_split(spec: str, storage_options: dict[str, Any] | None = None,
     return layout.records[wanted]
 
 
-def _bucket_predict_source(url: str, storage_options: dict[str, Any] | None, option: str):
+def _bucket_predict_source(url: str, storage_options: dict[str, Any] | None, option: str, cache_dir: str | None):
     """``(layout, where, split or None)`` of records at ``url`` or at its parent prefix (``url`` naming a split).
 
     None: ``url`` is no records (an optimized dataset or split, or nothing): the caller asks LitData.
@@ -165,7 +166,7 @@ def _bucket_predict_source(url: str, storage_options: dict[str, Any] | None, opt
     for where, split in candidates:
         backend, files = _bucket_source(where, store, option)
         if backend == "webdataset":
-            return read_wds_layout(where, files, store), where, split
+            return read_wds_layout(where, files, store, cache_dir), where, split
         if backend == "parquet":
             return read_parquet_layout(where, files, store), where, split
         if backend == "optimized":

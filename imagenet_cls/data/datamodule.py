@@ -31,6 +31,7 @@ def scan_data_dir(
     split: tuple[float, float, float],
     split_seed: int,
     storage_options: dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> DatasetLayout:
     """The classes and per-split samples of ``--data.data_dir`` (a one-line error when it is not set).
 
@@ -40,7 +41,7 @@ def scan_data_dir(
 
     if data_dir is None:
         raise UserError("--data.data_dir is not set: point it at a folder of class folders (or train/ val/)")
-    layout = open_layout(data_dir, tuple(split), split_seed, storage_options)
+    layout = open_layout(data_dir, tuple(split), split_seed, storage_options, cache_dir)
     if layout.kind != "class folders" and (tuple(split) != DEFAULT_SPLIT or split_seed != 0):
         log.warning(
             "--data.split/--data.split_seed do not apply to %s (%s): its splits are fixed (%s)",
@@ -88,8 +89,9 @@ class ImageNetDataModule(LightningDataModule):
             ``{endpoint_url: ...}``, keys); default: the usual AWS variables (``AWS_ENDPOINT_URL``,
             ``AWS_ACCESS_KEY_ID`` ...). For an optimized dataset ``max_attempts`` (5), ``read_timeout`` (20 s) and
             ``connect_timeout`` (10 s) bound each read's tries.
-        cache_dir: Where LitData keeps the index of a remote optimized dataset (images are fetched by byte range,
-            not stored); default: LitData's (``~/.lightning/chunks``).
+        cache_dir: Where indexes of remote data are kept (images are fetched by byte range, not stored): LitData's of an
+            optimized dataset (default ``~/.lightning/chunks``) and the tar offsets of ``s3://`` WebDataset shards, per
+            shard and ETag, in ``wds-index/`` (default ``$XDG_CACHE_HOME/imagenet_cls/wds-index``).
         shuffle_window: Parquet or WebDataset training: each epoch deals the shuffled row groups (shards) to the
             DDP processes and shuffles each one's images in windows of this many: reads stay within a few groups
             (each worker holds a window: ~110 MB of ImageNet at 1024). 0, or a dataset no larger: one permutation
@@ -141,7 +143,7 @@ class ImageNetDataModule(LightningDataModule):
         self.skip_bad_images = skip_bad_images
         self.sample_timeout = sample_timeout
         self.storage_options = dict(storage_options or {})
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache_dir = str(cache_dir) if cache_dir is not None else None
         if shuffle_window < 0:
             raise UserError(f"--data.shuffle_window {shuffle_window} must be 0 (a full shuffle) or more images")
         self.shuffle_window = shuffle_window
@@ -158,7 +160,7 @@ class ImageNetDataModule(LightningDataModule):
     @cached_property
     def layout(self) -> DatasetLayout:
         """The classes and per-split samples of ``data_dir`` (scanned once: here on first use, or by the CLI)."""
-        return scan_data_dir(self.data_dir, self.split, self.split_seed, self.storage_options)
+        return scan_data_dir(self.data_dir, self.split, self.split_seed, self.storage_options, self.cache_dir)
 
     def use_layout(self, layout: DatasetLayout, model_classes: list[str] | None = None) -> None:
         """Read ``layout`` (already scanned) instead of scanning ``data_dir`` again.
@@ -219,14 +221,12 @@ class ImageNetDataModule(LightningDataModule):
         if stage == "predict":
             if not self.predict_path:
                 raise UserError("predict needs --data.predict_path <file|folder|glob|list>")
-            cache_dir = str(self.cache_dir) if self.cache_dir is not None else None
-            split = open_predict_split(self.predict_path, self.storage_options, cache_dir)
+            split = open_predict_split(self.predict_path, self.storage_options, self.cache_dir)
+            self.predict_root = None  # records (optimized or not) have no folder; image files set it
             if isinstance(split, OptimizedSplit):
                 dataset = StreamingPredictDataset(split, eval_transform, self.display_size, self.sample_timeout)
-                self.predict_root = None
             elif split is not None:
                 dataset = RecordPredictDataset(split, eval_transform, self.display_size, self.sample_timeout)
-                self.predict_root = None
             else:
                 paths, self.predict_root = resolve_predict_paths(self.predict_path)
                 dataset = PredictDataset(
@@ -263,7 +263,7 @@ class ImageNetDataModule(LightningDataModule):
                 self.sample_timeout,
                 self.label_map,
                 self.layout.storage_options,
-                str(self.cache_dir) if self.cache_dir is not None else None,
+                self.cache_dir,
             )
         return ImageFileDataset(self._samples(split), transform, self.skip_bad_images, self.sample_timeout)
 

@@ -80,6 +80,7 @@ class ObjectStore:
     def __init__(self, storage_options: dict[str, Any] | None = None) -> None:
         self.storage_options = dict(storage_options or {})
         self.sizes: dict[str, int] = {}  # object sizes seen in listings (saves a HEAD when one is opened)
+        self.etags: dict[str, str] = {}  # and their ETags ("": none given), which key a cached tar index
         self._client = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -145,6 +146,7 @@ class ObjectStore:
             page = self.call(url, "list_objects_v2", **arguments)
             for item in page.get("Contents", []):
                 found[f"s3://{bucket}/{item['Key']}"] = int(item["Size"])
+                self.etags[f"s3://{bucket}/{item['Key']}"] = str(item.get("ETag") or "")
             if not page.get("IsTruncated"):
                 break
             token = {"ContinuationToken": page["NextContinuationToken"]}
@@ -164,9 +166,19 @@ class ObjectStore:
     def size(self, url: str) -> int:
         """Object ``url``'s size in bytes."""
         if url not in self.sizes:
-            bucket, key = split_url(url)
-            self.sizes[url] = int(self.call(url, "head_object", Bucket=bucket, Key=key)["ContentLength"])
+            self._head(url)
         return self.sizes[url]
+
+    def etag(self, url: str) -> str | None:
+        """Object ``url``'s ETag (from its listing, else a HEAD); None when the store gives none."""
+        if url not in self.etags:
+            self._head(url)
+        return self.etags[url] or None
+
+    def _head(self, url: str) -> None:
+        bucket, key = split_url(url)
+        head = self.call(url, "head_object", Bucket=bucket, Key=key)
+        self.sizes[url], self.etags[url] = int(head["ContentLength"]), str(head.get("ETag") or "")
 
     def read(self, url: str, start: int = 0, length: int | None = None) -> bytes:
         """``length`` bytes of object ``url`` from ``start`` (None: to its end), in one GET."""

@@ -6,9 +6,10 @@ A sample is the consecutive members sharing a key (``<key>.jpg`` + ``<key>.cls``
 ``.jpeg``, ``.png`` or ``.webp``; its label the integer in ``.cls``, else ``label``/``cls`` in ``.json``.
 
 Indexing walks each shard's 512-byte headers (seeking over the image data; the small label members are read), so
-setting up touches ~1 KB per sample. The index keeps, per sample, its shard, offset, size, label and name in a few
-NumPy arrays (~30 bytes a sample). The ``webdataset`` package reads shards as a stream: it has no random access, so
-it could not serve the samplers the other sources share (per-sample seeds, DDP sharding, exact resume).
+setting up touches ~1 KB per sample (in a bucket, once: :mod:`~imagenet_cls.data.wds_index` keeps each shard's index
+on disk). The index keeps, per sample, its shard, offset, size, label and name in a few NumPy arrays (~30 bytes a
+sample). The ``webdataset`` package reads shards as a stream: it has no random access, so it could not serve the
+samplers the other sources share (per-sample seeds, DDP sharding, exact resume).
 """
 
 from __future__ import annotations
@@ -102,10 +103,23 @@ def _by_split(files: list[str]) -> dict[str, list[str]]:
     return splits
 
 
-def read_wds_layout(spec: str | Path, shards: dict[str, list[str]], store: ObjectStore | None = None) -> RecordLayout:
-    """The classes and per-split records of WebDataset shards (``store``: in an ``s3://`` bucket)."""
+def read_wds_layout(
+    spec: str | Path,
+    shards: dict[str, list[str]],
+    store: ObjectStore | None = None,
+    cache_dir: str | Path | None = None,
+) -> RecordLayout:
+    """The classes and per-split records of WebDataset shards (``store``: in an ``s3://`` bucket).
+
+    A bucket's shard indexes are kept under ``cache_dir`` (:func:`~imagenet_cls.data.wds_index.index_folder`).
+    """
     where = str(spec).rstrip("/")
-    records = {split: TarRecords(files, where, store) for split, files in shards.items()}
+    index_dir = None
+    if store is not None:
+        from imagenet_cls.data.wds_index import index_folder
+
+        index_dir = index_folder(cache_dir)
+    records = {split: TarRecords(files, where, store, index_dir) for split, files in shards.items()}
     names = None
     if not is_brace_pattern(str(spec)):
         info = _join(where, "_info.json", store)
@@ -134,11 +148,14 @@ class TarRecords:
         shards: The split's tar files (or URLs), in order.
         where: The folder or pattern they were given as, for names in messages.
         store: The bucket the shards are in (None: local files).
+        index_dir: Where a bucket's shard indexes are kept (None: built on every run).
     """
 
-    def __init__(self, shards: list[str], where: str, store: ObjectStore | None = None) -> None:
+    def __init__(
+        self, shards: list[str], where: str, store: ObjectStore | None = None, index_dir: Path | None = None
+    ) -> None:
         self.shards, self.where, self.store = [str(s) for s in shards], where, store
-        parts = _index_shards(self.shards, store)
+        parts = _index_shards(self.shards, store, index_dir)
         self.shard_of = np.concatenate(
             [np.full(len(p[0]), number, dtype=np.int32) for number, p in enumerate(parts)] or [np.zeros(0, np.int32)]
         )
@@ -186,15 +203,18 @@ class TarRecords:
         return os.pread(self._open[shard], int(self.sizes[index]), int(self.offsets[index]))
 
 
-def _index_shards(shards: list[str], store: ObjectStore | None = None) -> list:
-    """:func:`index_tar` of each shard; shards in parallel processes (up to 8), in a bucket threads (up to 32)."""
+def _index_shards(shards: list[str], store: ObjectStore | None = None, index_dir: Path | None = None) -> list:
+    """:func:`index_tar` of each shard; shards in parallel processes (up to 8), in a bucket threads (up to 32).
+
+    A bucket's shard whose index is kept in ``index_dir`` for its size and ETag is not read.
+    """
     if store is not None:
         from concurrent.futures import ThreadPoolExecutor
 
         from imagenet_cls.data.object_store import random_kept
 
         with random_kept(), ThreadPoolExecutor(min(INDEX_THREADS, len(shards) or 1)) as pool:
-            return list(pool.map(lambda shard: index_tar(shard, store), shards))
+            return list(pool.map(lambda shard: _bucket_index(shard, store, index_dir), shards))
     workers = min(INDEX_PROCESSES, os.cpu_count() or 1, len(shards))
     if workers < 2:
         return [index_tar(shard) for shard in shards]
@@ -204,6 +224,19 @@ def _index_shards(shards: list[str], store: ObjectStore | None = None) -> list:
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         return list(pool.map(index_tar, shards, chunksize=max(1, len(shards) // (4 * workers))))
+
+
+def _bucket_index(url: str, store: ObjectStore, index_dir: Path | None):
+    """:func:`index_tar` of bucket shard ``url``, from ``index_dir`` when kept there for its size and ETag."""
+    from imagenet_cls.data.wds_index import load_index, save_index
+
+    size, etag = store.size(url), store.etag(url)
+    if index_dir is None or etag is None:  # no ETag: no way to know the content is the one indexed
+        return index_tar(url, store)
+    if (index := load_index(index_dir, url, size, etag)) is None:
+        index = index_tar(url, store)
+        save_index(index_dir, url, size, etag, index)
+    return index
 
 
 def index_tar(path: str, store: ObjectStore | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
