@@ -7,21 +7,16 @@ Slow (minutes on 2 cores); skipped when ../shared/data/imagenet-sample is absent
 
 import pytest
 
-from tests.record_sources import write_parquet_snapshot, write_wds_shards
-from tests.test_imagenet_sample_records import FOLDERS_TOP1, SAMPLE, sample_split, validate_lite0
+from tests.test_imagenet_sample_records import FOLDERS_TOP1, SAMPLE, SOURCES, validate_lite0, write_sample
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(SAMPLE is None, reason="../shared/data/imagenet-sample is absent")]
 
 
-@pytest.mark.parametrize("source", ["parquet", "webdataset"])
+@pytest.mark.parametrize("source", SOURCES)
 def test_lite0_validates_a_dataset_optimized_in_one_step_from_parquet_and_shards(tmp_path, source):
     from imagenet_cls.prepare.sources import main as prepare_main
 
-    samples, names = sample_split()
-    if source == "parquet":
-        data = write_parquet_snapshot({"val": samples}, names, tmp_path / "snapshot", files=4)
-    else:
-        data = write_wds_shards({"val": samples}, tmp_path / "shards", per_shard=300)
+    data = write_sample(source, tmp_path)
     dest = tmp_path / "optimized"
     assert prepare_main([str(data), str(dest), "--format", "litdata", "--no-progress"]) == 0
     assert sorted(p.name for p in dest.iterdir() if p.is_dir()) == ["val"]  # chunks only, no class folders
