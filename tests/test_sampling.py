@@ -2,10 +2,13 @@
 groups, WebDataset shards): every sample once per epoch over 1, 2 and 3 processes, reads within a few groups at a
 time, reproducible, and resumable mid-epoch."""
 
+import random
+
 import numpy as np
 import pytest
+import torch
 
-from imagenet_cls.data.sampling import ResumableSampler, grouped_order
+from imagenet_cls.data.sampling import ResumableSampler, grouped_order, seeded
 
 # 13 groups of uneven sizes (the last row group of each file is short): 1,000 samples
 SIZES = [100, 100, 37, 100, 100, 100, 63, 100, 100, 100, 50, 25, 25]
@@ -122,3 +125,35 @@ def test_a_resumed_run_keeps_the_window_its_checkpoint_was_written_with(caplog):
     uninterrupted = ResumableSampler(1000, 7, 1, 0, GROUPS, 64)
     uninterrupted.set_epoch(3)
     assert list(sampler) == list(uninterrupted)[50:]  # epoch 3 after its first 5 batches of 10
+
+
+class _Draws(torch.utils.data.Dataset):
+    """Each item: what torch, NumPy and ``random`` draw under ``seeded(seed)``, as an augmentation would."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index):
+        with seeded(1000 + index):
+            return torch.rand(2), np.random.rand(2), random.random()
+
+
+def test_seeded_draws_alike_in_workers_and_restores_the_main_process_generators(monkeypatch):
+    def seeds_cuda(seed):  # torch.manual_seed does; each call formats the call stack (~130 us an item)
+        raise AssertionError("seeded() seeded CUDA's generators")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeds_cuda)
+    dataset = _Draws()
+    torch.default_generator.manual_seed(5), np.random.seed(5), random.seed(5)
+    main = [dataset[index] for index in range(4)]
+    after = torch.rand(1), np.random.rand(1), random.random()
+    torch.default_generator.manual_seed(5), np.random.seed(5), random.seed(5)
+    assert (
+        torch.equal(after[0], torch.rand(1)),
+        np.array_equal(after[1], np.random.rand(1)),
+        after[2] == random.random(),
+    ) == (True, True, True)
+    monkeypatch.undo()  # the DataLoader seeds its workers with torch.manual_seed
+    workers = list(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2))
+    for (torch_a, numpy_a, random_a), (torch_b, numpy_b, random_b) in zip(main, workers, strict=True):
+        assert torch.equal(torch_a, torch_b) and np.array_equal(numpy_a, numpy_b) and random_a == random_b
