@@ -159,7 +159,7 @@ def _optimize_batches(
 
     # In batches, appended in order: LitData 0.2.76's ordered mode hands each worker its items by popping the front
     # of a list, which costs the list's length per item (1.2M images: two thirds of the time went there).
-    with item_offsets_kept():
+    with item_offsets_kept(), worker_failures_raised():
         for start in range(0, len(inputs), ITEMS_PER_CALL):
             batch = inputs[start : start + ITEMS_PER_CALL]
             if len(inputs) > ITEMS_PER_CALL:
@@ -224,6 +224,47 @@ def item_offsets_kept() -> Iterator[None]:
         yield
     finally:
         writer.is_arrow_footer_type = original
+
+
+@contextmanager
+def worker_failures_raised() -> Iterator[None]:
+    """Inside the block, a LitData 0.2.76 worker that fails at its last chunk (a full disk) fails the run, no hang.
+
+    Such a worker's remover process (it deletes downloaded copies of remote inputs; ours are read in place) waits for
+    an end message the failed worker never sends, and the exiting worker waits for its remover: ``optimize`` hung
+    (seen 1 run in 16 under a file-size limit). And once every item is counted, LitData's main process stops reading
+    the error queue: a worker's error was lost. Inside the block workers start no remover, and an error left in the
+    queue after the run is raised as LitData raises the others.
+    """
+    from litdata.processing import data_processor
+
+    worker, processor = data_processor.BaseWorker, data_processor.DataProcessor
+    start_remover, run = worker._start_remover, processor.run
+
+    def run_then_raise_left_errors(self: Any, *args: Any, **kwargs: Any) -> None:
+        run(self, *args, **kwargs)
+        _raise_left_error(self)
+
+    worker._start_remover = _no_remover
+    processor.run = run_then_raise_left_errors
+    try:
+        yield
+    finally:
+        worker._start_remover, processor.run = start_remover, run
+
+
+def _no_remover(worker: Any) -> None:
+    worker.remove = False
+
+
+def _raise_left_error(processor: Any) -> None:
+    import queue
+
+    try:
+        error = processor.error_queue.get_nowait()
+    except queue.Empty:
+        return
+    processor._exit_on_error(error)  # terminates what is left, raises "We found the following error ..."
 
 
 def _keep_item_offsets() -> None:
