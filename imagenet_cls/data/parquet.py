@@ -288,7 +288,9 @@ class ParquetRecords:
         import pyarrow.parquet as pq
 
         source = self.files[file] if self.store is None else self.store.open(self.files[file])
-        return pq.ParquetFile(source, pre_buffer=False)  # one column chunk a read: nothing to coalesce, no I/O thread
+        # Local: one column chunk a read, nothing to coalesce, no I/O thread. A bucket keeps pyarrow's pre-buffering:
+        # a validate from moto with it off hung in the DataLoader workers once (2026-12-05, not yet explained).
+        return pq.ParquetFile(source, pre_buffer=self.store is not None)
 
 
 def _leaf(parquet, group: int, column: str, field: str | None) -> Any:
