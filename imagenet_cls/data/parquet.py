@@ -298,7 +298,7 @@ def _leaf(parquet, group: int, column: str, field: str | None) -> Any:
     import pyarrow as pa
 
     # One thread: pyarrow's pool took 20 ms to read one group of 100 ImageNet JPEGs (11 MB) that one thread reads in
-    # 2.3 ms (pyarrow 26, 2 cores), and a DataLoader worker is one process among several already.
+    # 2.3 ms (pyarrow 26, AMD EPYC, 2 cores), and a DataLoader worker is one process among several already.
     array = parquet.read_row_group(group, columns=[f"{column}.{field}" if field else column], use_threads=False)
     array = array.column(0)
     array = array.chunks[0] if array.num_chunks == 1 else pa.concat_arrays(array.chunks)
