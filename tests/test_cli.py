@@ -313,7 +313,8 @@ def test_checkpoint_carrying_code_is_refused(fitted, tmp_path, capsys):
     assert "_instantiator" not in saved and "_class_path" not in saved  # nothing to import and call
 
 
-@pytest.mark.parametrize(("signum", "code"), [(15, 143), pytest.param(2, 130, marks=pytest.mark.slow)])
+@pytest.mark.slow  # make test keeps SIGTERM saving (test_faults.py) and resuming (its SLURM requeue test)
+@pytest.mark.parametrize(("signum", "code"), [(15, 143), (2, 130)])
 def test_signal_during_fit_checkpoints_exits_and_resumes(class_folders, tmp_path, signum, code):
     import time
 

@@ -166,6 +166,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(class_folders, tmp_p
     _resume_continues(class_folders, root)
 
 
+@pytest.mark.slow  # 27 s: make test keeps SIGTERM to one rank (above) and to a 1-process group (test_faults.py)
 def test_sigterm_to_the_process_group_at_different_moments_saves_once(class_folders, tmp_path):
     root, started = tmp_path / "runs", tmp_path / "started"
     process = _ddp_fit(class_folders, root, started, "--data.num_workers", "1")  # workers in the group too

@@ -80,6 +80,7 @@ def test_a_peer_that_ended_itself_after_the_fault_is_not_named_with_the_killed_o
     )
 
 
+@pytest.mark.slow  # 34 s: make test keeps the killed rank (above), the fault a stopped one shares
 def test_a_stopped_rank_ends_the_run_after_the_collective_timeout(class_folders, tmp_path):
     root, started = tmp_path / "runs", tmp_path / "started"
     strategy = ["--trainer.strategy", "lightning.pytorch.strategies.DDPStrategy"]

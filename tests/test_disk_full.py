@@ -67,6 +67,7 @@ def test_predict_csv_on_a_full_disk_leaves_no_predictions_csv(class_folders, tmp
     assert not list(out.rglob("predictions.csv")) and not list(out.rglob("predictions.json"))
 
 
+@pytest.mark.slow  # 22 s: make test keeps the full disk under a checkpoint and under predict's CSV
 def test_export_on_a_full_disk_keeps_the_previous_export(class_folders, tmp_path):
     root = tmp_path / "runs"
     fit = subprocess.run([sys.executable, CLI, *fit_args(class_folders, root, "--trainer.max_epochs", "1")],

@@ -80,6 +80,7 @@ def test_first_nonfinite_names_the_first_bad_floating_tensor():
     assert first_nonfinite(tensors[:2]) is None and first_nonfinite([]) is None
 
 
+@pytest.mark.slow  # 41 s: make test keeps 1-process kill -9 resumes and the DDP one after SIGTERM
 def test_kill_9_of_a_ddp_run_then_resume_equals_an_uninterrupted_ddp_run(class_folders, tmp_path):
     """2 processes (gloo): each saves and gets back its own random states; both are killed mid-epoch."""
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.num_workers", "1"]
