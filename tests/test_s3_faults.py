@@ -79,7 +79,6 @@ def test_transient_faults_are_retried_and_change_nothing(bucket, tmp_path, reads
     assert sum(requests.values()) == sum(proxy.served[key] for key in requests) + 6
 
 
-@pytest.mark.slow
 def test_a_fit_through_transient_faults_equals_a_local_fit(bucket, tmp_path, reads):
     """A 1-epoch fit through 5xx, resets and cut bodies (train and val): bitwise the weights of a local fit."""
     local, url, proxy = bucket

@@ -306,7 +306,7 @@ def _fit(data: str | Path, root: Path, *extra: str) -> subprocess.CompletedProce
     return subprocess.run([sys.executable, CLI, *args], capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.slow  # 45 s: make test keeps the local kill -9 resume and the S3 fit/validate/predict
+@pytest.mark.slow  # 45 s: make test keeps a fit from a bucket (test_s3_faults.py) and kill -9 resumes (test_resume.py)
 def test_fit_from_s3_killed_and_resumed_equals_local_then_validate_equal(class_folders, tmp_path, s3):
     local = optimize(class_folders, tmp_path / "optimized")
     url = upload(s3, local, "optimized")
@@ -445,7 +445,7 @@ def test_a_local_split_read_in_random_order_reads_the_items_not_the_chunks(tmp_p
     assert read < chunk.stat().st_size / 2 and read < 8 * images, (read, images, chunk.stat().st_size)
 
 
-@pytest.mark.slow  # 26 s: make test keeps DDP fits on folders and records (test_ddp.py, test_records_ddp.py)
+@pytest.mark.slow  # 26 s: make test keeps DDP fits on folders (test_ddp.py), records' DDP loaders (test_records_ddp.py)
 def test_ddp_fit_from_optimized_equals_folders(split_folders, tmp_path):
     """2 processes (gloo): each image once per epoch over both ranks, and the same weights as from the folders."""
     import pandas as pd
